@@ -14,6 +14,9 @@ import sys
 
 COMMAND_MODULES = [
     "recsys.commands.data",
+    "recsys.commands.demo",
+    "recsys.commands.evaluate",
+    "recsys.commands.metrics",
 ]
 
 logger = logging.getLogger("recsys")

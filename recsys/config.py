@@ -36,11 +36,18 @@ class SplitMethod(str, enum.Enum):
     LEAVE_LAST_N = "leave_last_n"  # per user: the last n events go to the last window, and so on backwards
 
 
+class SplitBasis(str, enum.Enum):
+    SPAN = "span"  # fractions of the time span [t_min, t_max]
+    EVENTS = "events"  # fractions of the events: cut-offs at time quantiles
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
     """How interactions are cut into time windows.
 
-    ``windows`` maps window names, in time order, to fractions of the time span (temporal) that sum to 1.
+    ``windows`` maps window names, in time order, to fractions that sum to 1: of the time span
+    (``basis: span``) or of the events (``basis: events``: cut-offs at time quantiles, for logs whose
+    activity is uneven over the years, like MovieLens).
     The default gives every stage a window its upstream stage did not train on:
     ``train`` (retrieval) -> ``prerank`` (pre-ranker) -> ``rank`` (heavy ranker) -> ``test``.
     ``cutoffs`` (optional, temporal only) gives explicit timestamps instead of fractions: len(windows) - 1
@@ -50,6 +57,7 @@ class SplitConfig:
     """
 
     method: SplitMethod = SplitMethod.TEMPORAL
+    basis: SplitBasis = SplitBasis.SPAN
     windows: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"train": 0.70, "prerank": 0.10, "rank": 0.10, "test": 0.10}
     )
@@ -74,8 +82,8 @@ class SplitConfig:
                     f"split.cutoffs: need len(windows) - 1 = {len(self.windows) - 1} timestamps, "
                     f"got {len(self.cutoffs)}"
                 )
-            if list(self.cutoffs) != sorted(self.cutoffs):
-                raise ConfigError(f"split.cutoffs: must be increasing, got {self.cutoffs}")
+            if any(b <= a for a, b in zip(self.cutoffs, self.cutoffs[1:])):  # equal cut-offs: an empty window
+                raise ConfigError(f"split.cutoffs: must be strictly increasing, got {self.cutoffs}")
         if self.n < 1:
             raise ConfigError(f"split.n: must be >= 1, got {self.n}")
         if self.kcore < 0:
@@ -196,7 +204,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -230,7 +238,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     if unknown:
         where = prefix or cls.__name__
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(sorted(fields))}"
+            f"{where}: unknown key(s) {', '.join(repr(f'{prefix}.{k}' if prefix else k) for k in unknown)}; "
+            f"allowed keys: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():

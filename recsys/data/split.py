@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.config import SplitConfig, SplitMethod, to_dict
+from recsys.config import SplitBasis, SplitConfig, SplitMethod, to_dict
 from recsys.data.schema import DATASET_YAML, Dataset, Role, write_dataset
 from recsys.io import atomic_output_dir, write_json
 
@@ -109,11 +109,17 @@ def kcore_filter(df: pd.DataFrame, k: int, user_col: str, item_col: str) -> pd.D
             return df
 
 
-def temporal_cutoffs(ts: np.ndarray, fractions: list[float]) -> tuple[int, ...]:
-    """Cut-offs at cumulative ``fractions`` of the time span [min(ts), max(ts)]."""
-    t0, t1 = int(ts.min()), int(ts.max())
+def temporal_cutoffs(ts: np.ndarray, fractions: list[float], basis: SplitBasis = SplitBasis.SPAN) -> tuple[int, ...]:
+    """Cut-offs at cumulative ``fractions`` of the time span [min(ts), max(ts)] (``span``) or of the events
+    (``events``: the timestamp quantiles; a cut-off is the first timestamp of the later window, so events
+    sharing a timestamp never straddle two windows)."""
     cum = np.cumsum(fractions)[:-1]
-    return tuple(int(np.floor(t0 + (t1 - t0) * c)) for c in cum)
+    if basis is SplitBasis.EVENTS:
+        srt = np.sort(ts)
+        # round before floor: cumsum([0.7, 0.1]) * 500 is 399.99999999999994, which must count as 400
+        return tuple(int(srt[min(int(np.floor(np.round(c * len(srt), 6))), len(srt) - 1)]) for c in cum)
+    t0, t1 = int(ts.min()), int(ts.max())
+    return tuple(t0 + int(np.floor(np.round((t1 - t0) * c, 6))) for c in cum)
 
 
 def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
@@ -132,7 +138,7 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
     ts = inter[tcol].to_numpy()
     cutoffs: tuple[int, ...] = ()
     if cfg.method is SplitMethod.TEMPORAL:
-        cutoffs = tuple(cfg.cutoffs) or temporal_cutoffs(ts, list(cfg.windows.values()))
+        cutoffs = tuple(cfg.cutoffs) or temporal_cutoffs(ts, list(cfg.windows.values()), cfg.basis)
         win = np.searchsorted(np.asarray(cutoffs, dtype=np.int64), ts, side="right")
     else:
         ucodes = pd.factorize(inter[ucol])[0]
