@@ -94,9 +94,10 @@ def ndcg_at_k(gains: np.ndarray, ideal: np.ndarray, k: int) -> np.ndarray:
     """
     k = _check_k(k)
     g = _top(gains, k)
-    dcg = g @ _discounts(g.shape[1])
+    # elementwise product + row sum (not a BLAS matmul): the same value whatever the batch size
+    dcg = (g * _discounts(g.shape[1])).sum(axis=1)
     i = _top(ideal, k)
-    idcg = i @ _discounts(i.shape[1])
+    idcg = (i * _discounts(i.shape[1])).sum(axis=1)
     return _safe_div(dcg, idcg)
 
 
@@ -129,10 +130,14 @@ def map_at_k(gains: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
     Buckley & Voorhees, "Evaluating evaluation measure stability", SIGIR 2000; ``trec_eval`` ``m_map_cut.c``.
     """
     k = _check_k(k)
-    rel = _top(gains, k) > 0
-    ranks = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
-    prec = np.cumsum(rel, axis=1, dtype=np.float64) / ranks
-    return _safe_div(np.where(rel, prec, 0.0).sum(axis=1), n_rel)
+    # only the relevant positions contribute: walk them in row-major (= rank) order
+    rows, cols = np.nonzero(_top(gains, k) > 0)
+    B = gains.shape[0]
+    first = np.zeros(B + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=B), out=first[1:])
+    hits_so_far = np.arange(1, rows.size + 1, dtype=np.float64) - first[rows]
+    ap_sum = np.bincount(rows, weights=hits_so_far / (cols + 1.0), minlength=B)
+    return _safe_div(ap_sum, n_rel)
 
 
 def recall_at_k(gains: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
@@ -231,12 +236,16 @@ def _canonical_qrels(qrels: sp.spmatrix | sp.sparray, n_queries: int) -> sp.csr_
 def gather_gains(ranked: np.ndarray, qrels: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Look up the gain of every ranked item in its query's qrels row.
 
-    Vectorized: the non-zeros of ``qrels`` are keyed ``b * N + item`` (sorted, as the csr is canonical),
-    and every ``(b, ranked[b, r])`` is found with one ``np.searchsorted`` over all of them.
+    Vectorized without a loop over queries, and searching the (few) relevant items among the ranked ones
+    rather than the other way round: every ranked entry gets the composite key
+    ``((b * (N + 1) + item) * K + r)`` (padding uses ``item = N``, which no judgement has); sorting each row
+    of these keys sorts all of them, since rows are already in ascending ``b``. Each non-zero ``(b, item)``
+    of ``qrels`` is then found with one ``np.searchsorted`` for ``(b * (N + 1) + item) * K``, and the rank
+    ``r`` is read from the low digits of the key it lands on.
 
     Args:
         ranked: ``(B, K)`` int item indices in rank order, -1 = padding.
-        qrels: ``(B, N)`` canonical csr of gains > 0.
+        qrels: ``(B, N)`` canonical csr (sorted indices, no duplicates) of gains > 0.
 
     Returns:
         ``gains (B, K) float64`` and ``n_rel (B,) int64``.
@@ -248,26 +257,38 @@ def gather_gains(ranked: np.ndarray, qrels: sp.csr_matrix) -> tuple[np.ndarray, 
     indptr = qrels.indptr.astype(np.int64, copy=False)
     n_rel = np.diff(indptr)
     gains = np.zeros((B, K), dtype=np.float64)
+    nnz = qrels.indices.size
     if B == 0 or K == 0:
         return gains, n_rel
     lo, hi = int(ranked.min()), int(ranked.max())
     if lo < -1 or hi >= N:
         raise ValueError(f"ranked holds item index {lo if lo < -1 else hi}, outside [-1, {N}) (-1 = padding)")
-    nnz = qrels.indices.size
     if nnz == 0:
         return gains, n_rel
-    keys = np.repeat(np.arange(B, dtype=np.int64) * N, n_rel) + qrels.indices  # sorted ascending
-    needles = np.arange(B, dtype=np.int64)[:, None] * N + ranked
-    needles[ranked < 0] = -1  # matches no key
-    pos = np.searchsorted(keys, needles)
-    np.minimum(pos, nnz - 1, out=pos)
-    match = keys[pos] == needles
-    hit_pos = pos[match]
-    if np.bincount(hit_pos, minlength=nnz).max(initial=0) > 1:
-        dup = np.flatnonzero(np.bincount(hit_pos, minlength=nnz) > 1)[0]
-        row = int(np.searchsorted(indptr, dup, side="right") - 1)
-        raise ValueError(f"ranked row {row} lists relevant item {int(qrels.indices[dup])} more than once")
-    gains[match] = qrels.data[hit_pos]
+    if float(B) * (N + 1) * K >= 2.0**62:
+        raise ValueError(f"B * (N + 1) * K = {B} * {N + 1} * {K} is too large for int64 keys; evaluate in batches")
+    base = np.arange(B, dtype=np.int64) * (N + 1)
+    items = (np.where(ranked < 0, N, ranked) if lo < 0 else ranked).astype(np.int64, copy=True)
+    items += base[:, None]
+    items *= K
+    items += np.arange(K, dtype=np.int64)
+    items.sort(axis=1)
+    flat = items.ravel()
+    rel_rows = np.repeat(np.arange(B, dtype=np.int64), n_rel)
+    lower = (base[rel_rows] + qrels.indices) * K  # smallest composite key of each judged (b, item)
+    pos = np.searchsorted(flat, lower)
+    np.minimum(pos, flat.size - 1, out=pos)
+    landed = flat[pos]
+    found = (landed >= lower) & (landed < lower + K)
+    if found.any():
+        nxt = np.minimum(pos[found] + 1, flat.size - 1)
+        dup = (nxt != pos[found]) & (flat[nxt] < lower[found] + K)
+        if dup.any():
+            j = np.flatnonzero(found)[np.argmax(dup)]
+            row, item = int(rel_rows[j]), int(qrels.indices[j])
+            raise ValueError(f"ranked row {row} lists relevant item {item} more than once")
+    rank = landed[found] % K
+    gains[rel_rows[found], rank] = qrels.data[found]
     return gains, n_rel
 
 
@@ -277,24 +298,41 @@ def ideal_gains(qrels: sp.csr_matrix, k: int) -> np.ndarray:
     indptr = qrels.indptr.astype(np.int64, copy=False)
     counts = np.diff(indptr)
     rows = np.repeat(np.arange(B, dtype=np.int64), counts)
-    order = np.lexsort((-qrels.data, rows))
+    data = qrels.data
+    top = int(data.max()) if data.size else 0
+    if data.size and top < 2**16 and np.all(data == np.floor(data)):
+        # integer gains (the usual graded relevance): one integer sort of row * (top + 1) + (top - gain)
+        key = rows * (top + 1) + (top - data.astype(np.int64))
+        key.sort()
+        sorted_data = (top - key % (top + 1)).astype(np.float64)
+    else:
+        sorted_data = data[np.lexsort((-data, rows))]
     rank_in_row = np.arange(rows.size, dtype=np.int64) - indptr[rows]
     keep = rank_in_row < k
     ideal = np.zeros((B, k), dtype=np.float64)
-    ideal[rows[keep], rank_in_row[keep]] = qrels.data[order][keep]
+    ideal[rows[keep], rank_in_row[keep]] = sorted_data[keep]
     return ideal
 
 
 def compute(
-    ranked: np.ndarray, qrels: sp.csr_matrix | sp.spmatrix | sp.sparray, metrics: Sequence[str]
+    ranked: np.ndarray,
+    qrels: sp.csr_matrix | sp.spmatrix | sp.sparray,
+    metrics: Sequence[str],
+    chunk_size: int = 4096,
 ) -> dict[str, np.ndarray]:
     """Per-query values of several ranking metrics.
 
+    Works through the queries in blocks of ``chunk_size`` rows (a loop over blocks, vectorized inside), so
+    that the temporaries stay in cache; the result does not depend on ``chunk_size``.
+
     Args:
         ranked: ``(B, K)`` int item indices in rank order, -1 = padding (fewer than K items). Items in a row
-            must be distinct.
-        qrels: ``(B, N)`` scipy.sparse matrix of gains > 0; row ``b`` holds query ``b``'s relevant items.
+            must be distinct: a relevant item listed twice raises ValueError (a repeated non-relevant item is
+            not detected; it only takes up a rank).
+        qrels: ``(B, N)`` scipy.sparse matrix of gains > 0; row ``b`` holds query ``b``'s relevant items
+            (explicit zeros are ignored; negative gains raise ValueError).
         metrics: names like ``"ndcg@10"`` (see :func:`parse_metric`).
+        chunk_size: queries per block.
 
     Returns:
         ``{"ndcg@10": (B,) float64, ...}`` in the order given. A query without relevant items gets 0.
@@ -305,18 +343,35 @@ def compute(
         raise ValueError(f"ranked must be a 2-D (B, K) array of item indices, got shape {ranked.shape}")
     if ranked.dtype.kind not in "iu":
         raise TypeError(f"ranked must hold integer item indices, got dtype {ranked.dtype}")
-    q = _canonical_qrels(qrels, ranked.shape[0])
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    B = ranked.shape[0]
+    q = _canonical_qrels(qrels, B)
     k_max = max((k for _, _, k in parsed), default=0)
-    top = ranked[:, :k_max].astype(np.int64, copy=False)
-    gains, n_rel = gather_gains(top, q)
-    inputs: dict[str, np.ndarray] = {"gains": gains, "n_rel": n_rel}
     k_ideal = max((k for _, base, k in parsed if "ideal" in _INPUTS[base]), default=0)
-    if k_ideal:
-        inputs["ideal"] = ideal_gains(q, k_ideal)
-    out: dict[str, np.ndarray] = {}
-    for name, base, k in parsed:
-        out[name] = METRICS[base](*(inputs[p] for p in _INPUTS[base]), k)
+    top = ranked[:, :k_max]
+    out = {name: np.empty(B, dtype=np.float64) for name, _, _ in parsed}
+    for start in range(0, B, chunk_size):
+        stop = min(start + chunk_size, B)
+        block = q[start:stop]
+        try:
+            gains, n_rel = gather_gains(top[start:stop], block)
+        except ValueError as exc:
+            raise _offset_row_error(exc, start) from None
+        inputs: dict[str, np.ndarray] = {"gains": gains, "n_rel": n_rel}
+        if k_ideal:
+            inputs["ideal"] = ideal_gains(block, k_ideal)
+        for name, base, k in parsed:
+            out[name][start:stop] = METRICS[base](*(inputs[p] for p in _INPUTS[base]), k)
     return out
+
+
+def _offset_row_error(exc: ValueError, offset: int) -> ValueError:
+    """Re-number ``ranked row i`` in an error raised on a block that starts at row ``offset``."""
+    import re
+
+    msg = re.sub(r"ranked row (\d+)", lambda m: f"ranked row {int(m.group(1)) + offset}", str(exc))
+    return ValueError(msg)
 
 
 # ----------------------------------------------------------------------------------------------------------
