@@ -228,6 +228,11 @@ def _first_bad_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _py(value: Any) -> Any:
+    """A numpy scalar as the Python value, so messages read ``1``, not ``np.int64(1)`` (numpy >= 2 repr)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def validate_table(df: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFrame:
     """Check one table against its spec; returns it with canonical dtypes (timestamps int64)."""
     declared = list(spec.columns)
@@ -251,6 +256,9 @@ def validate_table(df: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFram
                 raise DatasetError(
                     f"{where}: column {name!r} must hold int64 Unix seconds, found dtype {s.dtype}"
                 )
+            bad = s.isna().to_numpy()  # a nullable Int64 column may hold <NA>
+            if bad.any():
+                raise DatasetError(f"{where}: column {name!r} has a missing timestamp at row {_first_bad_row(bad)}")
             df[name] = s.astype(np.int64)
         elif col.role is Role.LABEL:
             if not (pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)):
@@ -264,7 +272,7 @@ def validate_table(df: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFram
                 if bad.any():
                     r = _first_bad_row(bad)
                     raise DatasetError(
-                        f"{where}: binary label {name!r} must be 0 or 1, got {v[r]!r} at row {r}"
+                        f"{where}: binary label {name!r} must be 0 or 1, got {float(v[r])!r} at row {r}"
                     )
             if col.range is not None:
                 lo, hi = col.range
@@ -272,7 +280,7 @@ def validate_table(df: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFram
                 if bad.any():
                     r = _first_bad_row(bad)
                     raise DatasetError(
-                        f"{where}: label {name!r} must lie in [{lo}, {hi}], got {v[r]!r} at row {r}"
+                        f"{where}: label {name!r} must lie in [{lo}, {hi}], got {float(v[r])!r} at row {r}"
                     )
     return df
 
@@ -295,7 +303,7 @@ def validate(ds: Dataset) -> Dataset:
             if dup.any():
                 r = _first_bad_row(dup)
                 raise DatasetError(
-                    f"{base}/{ds.schema.tables[tname].file}: duplicate {col} {df[col].iloc[r]!r} at row {r}"
+                    f"{base}/{ds.schema.tables[tname].file}: duplicate {col} {_py(df[col].iloc[r])!r} at row {r}"
                 )
     if ds.item_links is not None and ds.items is not None:
         spec = ds.schema.tables["item_links"]
@@ -306,7 +314,7 @@ def validate(ds: Dataset) -> Dataset:
             if bad.any():
                 r = _first_bad_row(bad)
                 raise DatasetError(
-                    f"{base}/{spec.file}: column {col!r} refers to unknown item {ds.item_links[col].iloc[r]!r} "
+                    f"{base}/{spec.file}: column {col!r} refers to unknown item {_py(ds.item_links[col].iloc[r])!r} "
                     f"at row {r}"
                 )
     inter = ds.interactions
