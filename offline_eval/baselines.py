@@ -125,6 +125,19 @@ def _positive_matrix(train: pd.DataFrame, catalog: Catalog, schema: DatasetSchem
     return x
 
 
+POPULARITY_TIEBREAK = 1e-9
+
+
+def _popularity_prior(x: sp.csr_matrix) -> np.ndarray:
+    """(N,) a tie-breaker far below any real score difference: ``1e-9 * count_i / max count``.
+
+    Neighbourhood models score 0 for every item when a request has no usable history; with this prior they
+    fall back to the most popular items (STYLE.md: cold start is an explicit fallback, not index order).
+    """
+    counts = np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+    return POPULARITY_TIEBREAK * counts / max(counts.max(initial=0.0), 1.0)
+
+
 def _check_train(train: pd.DataFrame, catalog: Catalog, schema: DatasetSchema, model: str) -> None:
     need = [catalog.user_col, catalog.item_col, catalog.time_col, schema.positive_label]
     missing = [c for c in need if c not in train.columns]
@@ -328,6 +341,7 @@ class ItemKNNBaseline(Baseline):
         sim = cosine_topn(x, self.n_neighbors)
         _check_finite(self.name, similarities=sim.data)
         self.sim = sim
+        self.prior = _popularity_prior(x)
         self.n_items = catalog.n_items
         logger.info("%s: %d users x %d items, %d similarities kept", self.name, x.shape[0], x.shape[1], sim.nnz)
         return self
@@ -335,7 +349,7 @@ class ItemKNNBaseline(Baseline):
     def score(self, requests: Requests) -> np.ndarray:
         self._check_fitted()
         hist = _binary_history(requests.history, self.n_items)
-        return (hist @ self.sim).toarray().astype(np.float64, copy=False)
+        return (hist @ self.sim).toarray().astype(np.float64, copy=False) + self.prior
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -528,6 +542,7 @@ class EASEBaseline(Baseline):
         _check_train(train, catalog, schema, self.name)
         x = _positive_matrix(train, catalog, schema)
         n = catalog.n_items
+        self.prior = _popularity_prior(x)
         if n > self.max_items:
             counts = np.asarray(x.sum(axis=0)).ravel()
             order = np.lexsort((np.arange(n), -counts))  # most popular first, ties: lower index
@@ -550,9 +565,9 @@ class EASEBaseline(Baseline):
         self._check_fitted()
         hist = _binary_history(requests.history, self.n_items)
         if self.items is None:
-            return np.asarray(hist @ self.weights, dtype=np.float64)
+            return np.asarray(hist @ self.weights, dtype=np.float64) + self.prior
         out = np.full((len(requests), self.n_items), -np.inf)
-        out[:, self.items] = hist[:, self.items] @ self.weights
+        out[:, self.items] = hist[:, self.items] @ self.weights + self.prior[self.items]
         return out
 
 

@@ -313,7 +313,17 @@ def test_history_models_score_the_request_history(name, world):
     hist = [[], [3], [3, 3, 7], [14, 0, 5, 9], [2, 2, 2, 1, 11, 12]]
     req = Requests(np.full(5, cat.users.oov), np.zeros(5), Ragged.from_lists(hist))
     ref = np.stack([w[sorted(set(h))].sum(axis=0) if h else np.zeros(15) for h in hist])
-    np.testing.assert_allclose(model.score(req), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.score(req), ref + model.prior, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["itemknn", "ease"])
+def test_history_models_fall_back_to_popularity_without_history(name, world):
+    """A request with no history scores 0 everywhere but the popularity tie-breaker: most popular first."""
+    ds, cat = world
+    model = fitted(name, world)
+    pop = fitted("popularity", world)
+    req = Requests(np.array([cat.users.oov]), np.zeros(1), Ragged.from_lists([[]]))
+    np.testing.assert_array_equal(model.rank(req, 5).items, pop.rank(req, 5).items)
 
 
 def test_ease_weights_match_constrained_least_squares():
