@@ -57,7 +57,7 @@ from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Role
 from recsys.data.split import Split, split_dataset
 from recsys.distributed import init_ray, map_shards, shutdown
-from recsys.types import Ranker, Requests, Results, top_k
+from recsys.types import Ragged, Ranker, Requests, Results, top_k
 
 logger = logging.getLogger(__name__)
 
@@ -532,14 +532,58 @@ class OracleSystem:
         self._valid = cols < catalog.items.oov
         self._cols = cols[self._valid]
 
-    def rank(self, requests: Requests, k: int) -> Results:
+    def value(self, requests: Requests) -> np.ndarray:
+        """(B, N) the true expected value of every catalogue item at each request (-inf: unknown/unborn)."""
         if requests.user_ids is None:
             raise ValueError("OracleSystem.rank: requests need external user_ids (Catalog.requests sets them)")
         true = np.asarray(self.oracle.scores(requests.user_ids, requests.timestamps), dtype=np.float64)
         full = np.full((len(requests), self.n_items), -np.inf)
         full[:, self._cols] = true[:, self._valid]
-        items, scores = top_k(full, k, exclude=requests.exclude)
+        return full
+
+    def rank(self, requests: Requests, k: int) -> Results:
+        items, scores = top_k(self.value(requests), k, exclude=requests.exclude)
         return Results(items=items, scores=scores)
+
+
+TRUE_VALUE_K = 10
+
+
+def true_value_ndcg(ranked: np.ndarray, value: np.ndarray, exclude: Ragged | None, k: int = TRUE_VALUE_K) -> np.ndarray:
+    """Per-user NDCG of a ranked list under the synthetic world's *true* expected value (B,).
+
+    ``true_ndcg@k(u) = sum_{r<=k} v(u, i_r) / log2(r + 1)  /  max over lists of the same``, where ``v`` (B, N)
+    is the oracle's true expected gain of every item (P(click) x (1 + P(like | click))) and the ideal list is
+    the top k of ``v`` over the items the system may return (exclusions removed). The oracle scores exactly 1.
+    Unlike the logged-click metrics, which only see items the logging policy happened to show, this one is
+    free of exposure bias: it is the ceiling-normalised quality of the list itself.
+    """
+    v = np.where(np.isfinite(value), value, 0.0).clip(min=0.0)
+    if exclude is not None and len(exclude.values):
+        v = v.copy()
+        rows = np.repeat(np.arange(len(v)), exclude.lengths())
+        v[rows, exclude.values] = 0.0
+    kk = min(k, ranked.shape[1])
+    top = ranked[:, :kk]
+    disc = 1.0 / np.log2(np.arange(2, kk + 2))
+    gains = np.where(top >= 0, np.take_along_axis(v, np.clip(top, 0, None), axis=1), 0.0)
+    dcg = gains @ disc
+    ideal = -np.sort(-v, axis=1)[:, :kk] @ disc
+    return np.divide(dcg, ideal, out=np.zeros_like(dcg), where=ideal > 0)
+
+
+def add_true_value(evals: Mapping[str, "SystemEval"], oracle: "OracleSystem", data: "EvalData") -> None:
+    """Add ``true_ndcg@10`` to every system's per-user metrics and means (synthetic worlds only)."""
+    b = len(data.requests)
+    for start in range(0, b, 2048):
+        rows = np.arange(start, min(start + 2048, b))
+        req = data.requests.take(rows)
+        value = oracle.value(req)
+        for ev in evals.values():
+            vals = true_value_ndcg(ev.ranked[rows], value, req.exclude)
+            ev.per_user.setdefault(f"true_ndcg@{TRUE_VALUE_K}", np.zeros(b))[rows] = vals
+    for ev in evals.values():
+        ev.means[f"true_ndcg@{TRUE_VALUE_K}"] = float(ev.per_user[f"true_ndcg@{TRUE_VALUE_K}"].mean()) if b else 0.0
 
 
 def compare(a: SystemEval, b: SystemEval, metric: str = PRIMARY_METRIC, n_samples: int = 1000, seed: int = 0) -> dict:
@@ -661,6 +705,8 @@ def run_evaluation(
     finally:
         if started:
             shutdown()
+    if isinstance(all_systems.get("oracle"), OracleSystem):
+        add_true_value(evals, all_systems["oracle"], data)
     comparisons = _comparisons(evals, names, cfg.eval)
     return R.write_report(
         out,

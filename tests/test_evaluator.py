@@ -391,3 +391,22 @@ def test_ray_backend_equals_local(tiny_world, ray_session):
     assert remote.degraded == local.degraded == {"x": data.n_users}
     assert local.funnel["retrieve"]["C"] == 150 and local.funnel["final"]["C"] == 100
     assert 0 < local.funnel["final"]["recall"] < local.funnel["retrieve"]["recall"] <= 1
+
+
+def test_true_value_ndcg_is_one_for_the_value_order_and_respects_exclusions():
+    from offline_eval.evaluator import true_value_ndcg
+    from recsys.types import Ragged
+
+    rng = np.random.default_rng(3)
+    value = rng.random((6, 30))
+    excl = Ragged.from_lists([[0, 1], [], [5], [], [29], [3, 4, 7]])
+    masked = value.copy()
+    for b in range(6):
+        masked[b, excl.row(b)] = -np.inf
+    best = np.argsort(-masked, axis=1)[:, :10]
+    np.testing.assert_allclose(true_value_ndcg(best, value, excl), 1.0)
+    worst = np.argsort(masked, axis=1)[:, :10]
+    assert (true_value_ndcg(worst, value, excl) < 0.5).all()
+    # hand-computed: values [3, 2, 1] ranked [1, 0] with k=2 -> (2 + 3/log2(3)) / (3 + 2/log2(3))
+    got = true_value_ndcg(np.array([[1, 0]]), np.array([[3.0, 2.0, 1.0]]), None, k=2)
+    np.testing.assert_allclose(got, (2 + 3 / np.log2(3)) / (3 + 2 / np.log2(3)))

@@ -66,6 +66,7 @@ class Role(str, enum.Enum):
     NUMERIC = "numeric"  # a numeric feature
     CONTEXT = "context"  # a request-time context value (hour, device); kind categorical or numeric
     POSITION = "position"  # slate position of an impression (0-based)
+    SESSION = "session"  # groups the impressions of one slate/session; not a model feature
     TRUTH = "truth"  # ground truth of a synthetic world (true probabilities); never a model input
     TEXT = "text"  # free text (titles); not a model input
     SRC = "src"  # item link source (item_links table)
