@@ -408,7 +408,9 @@ def test_svd_rating_sources():
     )
     # impressions: every row, 1 clicked vs 0 shown-not-clicked
     ds, cat = build(df, binary_schema(has_impressions=True))
-    m = SVDBaseline(seed=1, n_factors=3, n_epochs=3)
+    _, _, _, _, source = SVDBaseline(seed=1)._ratings(ds.interactions, cat, ds.schema)
+    assert "sampled" in source  # impressions are opt-in
+    m = SVDBaseline(seed=1, n_factors=3, n_epochs=3, use_impressions=True)
     u, i, r, scale, source = m._ratings(ds.interactions, cat, ds.schema)
     assert "impressions" in source and scale == (0.0, 1.0) and len(r) == n
     np.testing.assert_array_equal(r, df["click"].to_numpy())

@@ -64,6 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def format_systems(result: dict, metrics=("ndcg@10", "mrr@10", "map@10", "recall@10", "recall@100")) -> str:
     """Systems x metrics as a Markdown table, best system first by ndcg@10."""
     systems = result["systems"]
+    if any("true_ndcg@10" in v for v in systems.values()):
+        metrics = (*metrics, "true_ndcg@10")
     rows = sorted(systems.items(), key=lambda kv: -kv[1].get("ndcg@10", 0.0))
     lines = ["| system | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, vals in rows:
