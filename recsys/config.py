@@ -143,19 +143,6 @@ class EngineConfig:
             )
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The whole engine configuration (``configs/default.yaml``)."""
-
-    name: str = "default"
-    seed: int = 0
-    torch_threads: int = 2
-    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
-    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Generic loader
 # --------------------------------------------------------------------------------------------------------
@@ -348,3 +335,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# The whole configuration. Stage sections live beside their stages; they are imported here, after the
+# loader above is defined, because the stage modules use it (a deliberate, documented import cycle).
+# --------------------------------------------------------------------------------------------------------
+
+from recsys.prerank.stage import PrerankConfig  # noqa: E402
+from recsys.retrieval.stage import RetrievalConfig  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole engine configuration (``configs/default.yaml``)."""
+
+    name: str = "default"
+    seed: int = 0
+    torch_threads: int = 1
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
+    prerank: PrerankConfig = dataclasses.field(default_factory=PrerankConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="join this Ray cluster (e.g. auto or ray://host:10001) instead of starting a local one; "
                         "implies --backend ray")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="evaluate the engine of this bundle (a version folder or its parent: latest) and its "
+                        "ablations beside the baselines")
     p.add_argument("--export-run", action="store_true", help="also write run.trec / qrels.trec (external ids)")
     p.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
     p.set_defaults(func=cmd_evaluate)
@@ -46,8 +49,19 @@ def _csv(text: str) -> list[str]:
 
 
 def build_systems(args: argparse.Namespace, ds, cfg) -> dict:
-    """Systems other than the baselines, by name (the engine from ``--bundle`` is added here)."""
-    return {}
+    """Systems other than the baselines, by name: the engine from ``--bundle`` and its ablations."""
+    if args.bundle is None:
+        return {}
+    from recsys.data.catalog import Catalog
+    from recsys.training import ablations, load_engine
+
+    engine = load_engine(args.bundle)
+    if engine.catalog is not None and Catalog.from_dataset(ds).items != engine.catalog.items:
+        raise ValueError(
+            f"{args.bundle}: the bundle's item catalogue differs from {args.data}'s; evaluate a bundle on the "
+            "dataset it was trained on"
+        )
+    return {"engine": engine, **ablations(engine, args.bundle)}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -57,7 +71,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.data.schema import read_dataset
 
     check_output(args.out, args.overwrite)  # before any work
-    cfg = load_config(args.config, args.overrides)
+    if args.bundle is not None and args.config is None:
+        # the bundle's own resolved config: the same split windows the stages were trained on
+        from recsys.bundle import load_bundle
+        from recsys.config import Config, apply_overrides, from_dict
+
+        cfg = from_dict(Config, apply_overrides(load_bundle(args.bundle).manifest["config"], args.overrides))
+    else:
+        cfg = load_config(args.config, args.overrides)
     backend = args.backend or ("ray" if args.ray_address else cfg.eval.backend.value)
     ray_cfg = cfg.ray
     if args.ray_address:

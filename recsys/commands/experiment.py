@@ -1,0 +1,104 @@
+"""``recsys experiment``: experiments on the engine's stages.
+
+    recsys experiment feature-selection --data DIR --out DIR [--config FILE] [--set KEY=VALUE ...]
+                                        [--seeds 3] [--bundle PATH] [--overwrite]
+
+``feature-selection`` runs random-bar feature selection for the pre-ranker
+(:mod:`recsys.experiments.feature_selection`) on the pre-ranker's window and writes ``report.md``,
+``importance.png`` and ``results.json``. It needs a retrieval stage for the candidates: the one of
+``--bundle`` (its manifest's config is then the default config, so the windows match the ones the bundle was
+trained on), or one trained here on the retrieval window (``retrieval`` section of the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="experiments on the engine's stages (feature selection)")
+    exp = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    fs = exp.add_parser("feature-selection", help="random-bar feature selection for the pre-ranker")
+    fs.add_argument("--data", required=True, type=Path, help="canonical dataset folder")
+    fs.add_argument("--out", required=True, type=Path, help="report folder to write")
+    fs.add_argument("--config", type=Path, help="engine config YAML (default: the bundle's, else built-in defaults)")
+    fs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set prerank.candidates_k=100 (repeatable)")
+    fs.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1) to train over (default 3)")
+    fs.add_argument("--bundle", type=Path, default=None,
+                    help="use this bundle's retrieval stage and catalogue instead of training one")
+    fs.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
+    fs.set_defaults(func=cmd_feature_selection)
+
+
+def _load_config(args: argparse.Namespace):
+    from recsys.config import Config, ConfigError, apply_overrides, from_dict, load_config
+
+    if args.bundle is not None and args.config is None:
+        from recsys.bundle import load_bundle
+
+        raw = apply_overrides(load_bundle(args.bundle).manifest["config"], args.overrides)
+        try:
+            return from_dict(Config, raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.bundle}: manifest config: {exc}") from None
+    return load_config(args.config, args.overrides)
+
+
+def _section(cfg, name: str, default_factory):
+    """``cfg.<name>`` (the engine config's stage section), or the section's defaults when the Config has none."""
+    value = getattr(cfg, name, None)
+    if value is None:
+        logger.warning("the config has no %r section; using its defaults", name)
+        return default_factory()
+    return value
+
+
+def cmd_feature_selection(args: argparse.Namespace) -> int:
+    from recsys.config import to_dict
+    from recsys.data.catalog import Catalog
+    from recsys.data.schema import read_dataset
+    from recsys.data.split import split_dataset
+    from recsys.experiments.feature_selection import random_bar, write_report
+    from recsys.features import FeatureContext
+    from recsys.io import OutputExistsError
+    from recsys.prerank.stage import PrerankConfig, build_ranking_data
+    from recsys.training import stage_windows
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.out.exists() and not args.overwrite:  # before any work
+        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    cfg = _load_config(args)
+    pcfg = _section(cfg, "prerank", PrerankConfig)
+    ds = read_dataset(args.data)
+    split = split_dataset(ds, cfg.split)
+    windows = stage_windows(split)
+    if args.bundle is not None:
+        from recsys.training import load_engine
+
+        engine = load_engine(args.bundle)
+        retrieval, catalog = engine.retrieval, engine.catalog
+        if catalog is None:
+            raise ValueError(f"{args.bundle}: the bundle's engine has no catalogue")
+    else:
+        from recsys.retrieval.stage import RetrievalConfig, RetrievalStage
+
+        catalog = Catalog.from_dataset(ds, train=split[windows["retrieval"]])
+        retrieval = RetrievalStage().fit(ds, catalog, split[windows["retrieval"]],
+                                         split[windows["retrieval_valid"]], _section(cfg, "retrieval", RetrievalConfig))
+    ctx = FeatureContext.fit(ds, catalog, split[windows["retrieval"]], pcfg.graph, pcfg.feature_params)
+    data = build_ranking_data(ds, catalog, retrieval, ctx, split[windows["prerank"]],
+                              split.before(windows["prerank"]), pcfg)
+    res = random_bar(data, pcfg, seeds=list(range(args.seeds)))
+    extra = {"windows": windows, "prerank": to_dict(pcfg), "groups": int(len(data.group)), "rows": int(len(data.y)),
+             "data": str(args.data), "bundle": None if args.bundle is None else str(args.bundle)}
+    write_report(res, args.out, overwrite=args.overwrite, extra=extra)
+    print(json.dumps({"out": str(args.out), "bar": res.bar, "keep": res.keep, "drop_candidates": res.drop},
+                     indent=2))
+    return 0

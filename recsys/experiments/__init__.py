@@ -1,0 +1,1 @@
+"""Experiments on the engine's stages (feature selection, ...)."""
