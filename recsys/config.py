@@ -343,7 +343,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 # --------------------------------------------------------------------------------------------------------
 
 from recsys.prerank.stage import PrerankConfig  # noqa: E402
-from recsys.retrieval.stage import RetrievalConfig  # noqa: E402
+from recsys.retrieval.config import RetrievalConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

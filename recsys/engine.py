@@ -17,8 +17,10 @@ A scoring stage implements :class:`ScoringStage`: ``score(requests, candidates) 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import threading
 import time
 from typing import Protocol, runtime_checkable
 
@@ -106,27 +108,48 @@ class Engine:
             raise ValueError(f"engine has no stage {stage_name!r}; stages: {[s.name for s, _ in self.stages]}")
         return dataclasses.replace(self, stages=kept, name=name or f"no_{stage_name}")
 
-    def rank(self, requests: Requests, k: int, timings: dict[str, float] | None = None) -> Results:
-        """Rank a batch of B requests through the funnel; returns the top ``k`` with per-stage scores."""
+    def rank(
+        self,
+        requests: Requests,
+        k: int,
+        timings: dict[str, float] | None = None,
+        deadline: "Deadline | None" = None,
+    ) -> Results:
+        """Rank a batch of B requests through the funnel; returns the top ``k`` with per-stage scores.
+
+        ``timings`` (optional) receives milliseconds per stage. With a ``deadline`` (online serving), each
+        stage runs within its budget: a scoring stage that would overrun (budget already spent) or does
+        overrun (still running at its budget) is dropped and the upstream order is returned, with
+        ``"<stage>:deadline"`` / ``"<stage>:timeout"`` in every request's ``degraded`` list; if retrieval itself
+        cannot finish within the whole budget, :class:`DeadlineExceeded` is raised (the service answers 504).
+        Without a deadline everything runs inline, exactly as the offline evaluator calls it.
+        """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         t0 = time.perf_counter()
         requests = self.encode(requests)
+        timings = timings if timings is not None else {}
         if not self.stages:
-            res = self.retrieval.rank(requests, k)
-            if timings is not None:
-                timings["retrieval"] = (time.perf_counter() - t0) * 1000
+            res = self._run("retrieval", self.retrieval.rank, (requests, k), deadline, fatal=True)
+            timings["retrieval"] = (time.perf_counter() - t0) * 1000
             return res
         cold = self.retrieval.is_cold(requests)
-        cands = self.retrieval.retrieve(requests, max(self.retrieve_k, k))
-        if timings is not None:
-            timings["retrieval"] = (time.perf_counter() - t0) * 1000
+        cands = self._run("retrieval", self.retrieval.retrieve, (requests, max(self.retrieve_k, k)), deadline,
+                          fatal=True)
+        timings["retrieval"] = (time.perf_counter() - t0) * 1000
         stages = {"retrieval": cands.items.copy()}
         last_score = None
+        notes: list[str] = []
         for stage, cutoff in self.stages:
             t1 = time.perf_counter()
             cutoff = max(cutoff, k)
-            out = stage.score(requests, cands)
+            try:
+                out = self._run(stage.name, stage.score, (requests, cands), deadline)
+            except _Skipped as why:
+                notes.append(f"{stage.name}:{why}")
+                logger.warning("stage %s dropped (%s); returning the upstream order", stage.name, why)
+                timings[stage.name] = (time.perf_counter() - t1) * 1000
+                continue
             if "score" not in out:
                 raise RuntimeError(f"stage {stage.name!r} returned no 'score' entry")  # a stage contract bug
             scored = dict(cands.scores)
@@ -139,10 +162,71 @@ class Engine:
             cands = select_columns(cands, cols)
             stages[stage.name] = cands.items.copy()
             last_score = stage.name
-            if timings is not None:
-                timings[stage.name] = (time.perf_counter() - t1) * 1000
+            timings[stage.name] = (time.perf_counter() - t1) * 1000
         items = cands.items[:, :k]
-        scores = cands.scores[last_score][:, :k].astype(np.float64)
+        if last_score is not None:
+            scores = cands.scores[last_score][:, :k].astype(np.float64)
+        else:  # every scoring stage dropped: the retrieval order, scored by the two-tower where it has a score
+            scores = cands.scores.get("ann", np.full(cands.items.shape, np.nan))[:, :k].astype(np.float64)
         stage_scores = {name: v[:, :k].astype(np.float64) for name, v in cands.scores.items()}
-        degraded = [["cold_start"] if c else [] for c in cold]
+        degraded = [(["cold_start"] if c else []) + notes for c in cold]
         return Results(items, scores, stage_scores=stage_scores, stages=stages, degraded=degraded)
+
+    def _run(self, name: str, fn, args: tuple, deadline: "Deadline | None", fatal: bool = False):
+        """Call ``fn(*args)`` inline, or within the stage's budget on a worker thread when a deadline is set."""
+        if deadline is None:
+            return fn(*args)
+        budget = deadline.budget(name)
+        if budget <= 0:
+            if fatal:
+                raise DeadlineExceeded(f"no time left for {name}")
+            raise _Skipped("deadline")
+        future = _executor().submit(fn, *args)
+        try:
+            return future.result(timeout=budget)
+        except concurrent.futures.TimeoutError:
+            # The worker keeps running to completion in the background; its result is discarded.
+            if fatal:
+                raise DeadlineExceeded(f"{name} did not finish within {budget * 1000:.0f} ms") from None
+            raise _Skipped("timeout") from None
+
+
+class DeadlineExceeded(RuntimeError):
+    """Nothing could be returned within the request's budget (the service maps this to 504)."""
+
+
+class _Skipped(Exception):
+    """A scoring stage was dropped for the deadline (message: 'deadline' or 'timeout')."""
+
+
+@dataclasses.dataclass
+class Deadline:
+    """A request's time budget and each stage's share of it.
+
+    ``budget(stage) = min(remaining, share[stage] * total)`` seconds; stages without a share may use all that
+    remains. ``start`` is a ``time.perf_counter()`` reading (default: now).
+    """
+
+    total_s: float
+    shares: dict[str, float] = dataclasses.field(default_factory=dict)
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def remaining(self) -> float:
+        return self.total_s - (time.perf_counter() - self.start)
+
+    def budget(self, stage: str) -> float:
+        rem = self.remaining()
+        share = self.shares.get(stage)
+        return rem if share is None else min(rem, share * self.total_s)
+
+
+_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="engine-stage")
+        return _EXECUTOR

@@ -54,7 +54,14 @@ def load_catalog(folder: Path) -> Catalog:
 
 
 def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
-    """Fit every configured stage on its window and write the bundle under ``out`` (a new version)."""
+    """Fit every configured stage on its window and write the bundle under ``out`` (a new version).
+
+    With ``retrieval.refit`` (default), once the downstream stages are trained on candidates of the
+    train-window retrieval model, the serving snapshot is refreshed the way a production system refreshes it:
+    the two-tower is retrained on every window before the held-out one (for the number of epochs early
+    stopping chose) and the feature context is refitted on the same *length* of history as at training, ending
+    at the held-out window (point-in-time features with a fixed look-back, so count features keep their scale).
+    """
     from recsys.retrieval.stage import RetrievalStage
 
     split = split_dataset(ds, cfg.split)
@@ -66,25 +73,57 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
     retrieval = RetrievalStage().fit(
         ds, catalog, split[windows["retrieval"]], split[windows["retrieval_valid"]], cfg.retrieval
     )
-    writers = {"catalog": lambda d: save_catalog(catalog, d), "retrieval": retrieval.save}
-    metrics = {"retrieval": getattr(retrieval, "valid_metrics", {})}
+    metrics: dict = {"retrieval": {"epochs": retrieval.history}}
+    scoring: dict[str, object] = {}
     if cfg.prerank.enabled:
         from recsys.prerank.stage import fit_on_split
 
-        prerank = fit_on_split(ds, catalog, retrieval, split, cfg.prerank)
-        writers["prerank"] = prerank.save
-        metrics["prerank"] = prerank.valid_metrics
+        scoring["prerank"] = fit_on_split(ds, catalog, retrieval, split, cfg.prerank)
+        metrics["prerank"] = scoring["prerank"].valid_metrics
         if cfg.prerank.ablate_graph:
             # the same pre-ranker without its graph features, for the `no_graph_features` ablation
             no_graph = dataclasses.replace(cfg.prerank, features=tuple(
-                n for n in prerank.feature_names if n not in GRAPH_FEATURES))
-            ablation = fit_on_split(ds, catalog, retrieval, split, no_graph)
-            writers[NO_GRAPH_STAGE] = ablation.save
-            metrics[NO_GRAPH_STAGE] = ablation.valid_metrics
+                n for n in scoring["prerank"].feature_names if n not in GRAPH_FEATURES))
+            scoring[NO_GRAPH_STAGE] = fit_on_split(ds, catalog, retrieval, split, no_graph)
+            metrics[NO_GRAPH_STAGE] = scoring[NO_GRAPH_STAGE].valid_metrics
+    if cfg.retrieval.refit:
+        catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, retrieval, scoring)
+        metrics["retrieval"]["refit"] = {"users": catalog.n_users, "epochs": len(retrieval.history)}
+    writers = {"catalog": lambda d: save_catalog(catalog, d), "retrieval": retrieval.save}
+    writers.update({name: stage.save for name, stage in scoring.items()})
     data = data_fingerprint(ds.path) if ds.path is not None else {"sha256": None}
     data["windows"] = windows
     data["split"] = split.stats()
     return write_bundle(out, writers, config=to_dict(cfg), data=data, metrics=metrics)
+
+
+def refresh_snapshot(ds: Dataset, cfg: Config, split: Split, windows: dict, retrieval, scoring: dict):
+    """Retrain retrieval on every window before the held-out one and refit each scoring stage's feature
+    context on the same look-back ending there. Returns the serving (catalog, retrieval stage)."""
+    from recsys.features import FeatureContext
+    from recsys.retrieval.stage import RetrievalStage
+
+    history = split.before(windows["test"])
+    serving = Catalog.from_dataset(ds, train=history)
+    recalls = [row.get(f"recall@{cfg.retrieval.two_tower.eval_k}", float("nan")) for row in retrieval.history]
+    finite = [i for i, r in enumerate(recalls) if r == r]
+    best_epoch = (max(finite, key=lambda i: recalls[i]) + 1) if finite else len(recalls)
+    tt = dataclasses.replace(cfg.retrieval.two_tower, max_epochs=max(best_epoch, 1))
+    logger.info("refit: two-tower on %d windows before %r for %d epochs (%d users)",
+                split.names.index(windows["test"]), windows["test"], tt.max_epochs, serving.n_users)
+    refit = RetrievalStage().fit(ds, serving, history, None, dataclasses.replace(cfg.retrieval, two_tower=tt))
+    train = split[windows["retrieval"]]
+    tcol = serving.time_col
+    lookback = int(train[tcol].max() - train[tcol].min()) + 1
+    end = int(split[windows["test"]][tcol].min()) if len(split[windows["test"]]) else int(history[tcol].max()) + 1
+    recent = history[history[tcol].to_numpy() >= end - lookback]
+    contexts: dict = {}
+    for name, stage in scoring.items():
+        key = repr((stage.cfg.graph, stage.cfg.feature_params))
+        if key not in contexts:
+            contexts[key] = FeatureContext.fit(ds, serving, recent, stage.cfg.graph, stage.cfg.feature_params)
+        stage.ctx = contexts[key]
+    return serving, refit
 
 
 def load_engine(path: str | Path) -> Engine:
