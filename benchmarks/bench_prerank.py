@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from recsys.config import SplitConfig
+    from recsys.configlib import SplitConfig
     from recsys.data.catalog import Catalog, positives
     from recsys.data.schema import read_dataset
     from recsys.data.split import split_dataset

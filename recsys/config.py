@@ -1,347 +1,29 @@
-"""Typed configuration: YAML -> frozen dataclasses.
+"""The engine configuration: the YAML file's sections as one frozen dataclass.
 
-Every section of the engine's configuration is a frozen dataclass. :func:`from_dict` builds one from plain
-YAML data and rejects unknown keys and wrong types with a message naming the dotted key and the allowed
-values, so a typo never passes silently. Closed choices are Enums. ``--set a.b=value`` overrides are applied
-to the raw mapping before type checking, so they are checked exactly like the file.
-
-No config constructor has side effects (no environment variables, no threads, no Ray init).
+The loader and the engine-wide sections live in :mod:`recsys.configlib` (re-exported here); each stage's
+section lives beside its stage. Load with :func:`load_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import types
-import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any
 
-import yaml
-
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid. The message names the dotted key."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# Sections
-# --------------------------------------------------------------------------------------------------------
-
-
-class SplitMethod(str, enum.Enum):
-    TEMPORAL = "temporal"  # global cut-offs in time shared by all users (default, leak-free)
-    LEAVE_LAST_N = "leave_last_n"  # per user: the last n events go to the last window, and so on backwards
-
-
-class SplitBasis(str, enum.Enum):
-    SPAN = "span"  # fractions of the time span [t_min, t_max]
-    EVENTS = "events"  # fractions of the events: cut-offs at time quantiles
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitConfig:
-    """How interactions are cut into time windows.
-
-    ``windows`` maps window names, in time order, to fractions that sum to 1: of the time span
-    (``basis: span``) or of the events (``basis: events``: cut-offs at time quantiles, for logs whose
-    activity is uneven over the years, like MovieLens).
-    The default gives every stage a window its upstream stage did not train on:
-    ``train`` (retrieval) -> ``prerank`` (pre-ranker) -> ``rank`` (heavy ranker) -> ``test``.
-    ``cutoffs`` (optional, temporal only) gives explicit timestamps instead of fractions: len(windows) - 1
-    increasing Unix seconds. ``leave_last_n`` puts each user's last ``n`` events in the last window, the ``n``
-    before in the one before, and the rest in the first window. ``kcore`` > 0 keeps only users and items with
-    at least that many interactions (iterated to a fixed point) before splitting.
-    """
-
-    method: SplitMethod = SplitMethod.TEMPORAL
-    basis: SplitBasis = SplitBasis.SPAN
-    windows: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"train": 0.70, "prerank": 0.10, "rank": 0.10, "test": 0.10}
-    )
-    cutoffs: tuple[int, ...] = ()
-    n: int = 1
-    kcore: int = 0
-
-    def __post_init__(self) -> None:
-        if len(self.windows) < 2:
-            raise ConfigError(f"split.windows: need at least 2 windows, got {list(self.windows)}")
-        if any(not (0.0 < f < 1.0) for f in self.windows.values()):
-            raise ConfigError(f"split.windows: each fraction must be in (0, 1), got {self.windows}")
-        if self.method is SplitMethod.TEMPORAL and not self.cutoffs:
-            total = sum(self.windows.values())
-            if abs(total - 1.0) > 1e-6:
-                raise ConfigError(f"split.windows: fractions must sum to 1, got {total:.6f} ({self.windows})")
-        if self.cutoffs:
-            if self.method is not SplitMethod.TEMPORAL:
-                raise ConfigError("split.cutoffs: only valid with split.method = temporal")
-            if len(self.cutoffs) != len(self.windows) - 1:
-                raise ConfigError(
-                    f"split.cutoffs: need len(windows) - 1 = {len(self.windows) - 1} timestamps, "
-                    f"got {len(self.cutoffs)}"
-                )
-            if any(b <= a for a, b in zip(self.cutoffs, self.cutoffs[1:])):  # equal cut-offs: an empty window
-                raise ConfigError(f"split.cutoffs: must be strictly increasing, got {self.cutoffs}")
-        if self.n < 1:
-            raise ConfigError(f"split.n: must be >= 1, got {self.n}")
-        if self.kcore < 0:
-            raise ConfigError(f"split.kcore: must be >= 0, got {self.kcore}")
-
-
-class Backend(str, enum.Enum):
-    LOCAL = "local"
-    RAY = "ray"
-
-
-@dataclasses.dataclass(frozen=True)
-class RayConfig:
-    """Where Ray runs. ``address`` None starts a local Ray with ``num_cpus``; otherwise connect to it."""
-
-    address: str | None = None
-    num_cpus: int = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """Offline evaluation.
-
-    ``positive_label`` defines an engagement (relevant item) in the test window; ``gains`` gives the graded
-    relevance of an engaged item as sum(weight * label). ``exclude_seen`` removes items the user engaged with
-    before the test window from the ranking (and therefore from the test relevance).
-    """
-
-    ks: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
-    metrics: tuple[str, ...] = ("ndcg", "mrr", "map", "recall", "precision", "hit")
-    positive_label: str | None = None  # None: the dataset's declared positive label
-    gains: dict[str, float] = dataclasses.field(default_factory=dict)  # {} : binary gain of positive_label
-    exclude_seen: bool = True
-    head_fraction: float = 0.2  # items making up this fraction of train engagements form the "head"
-    bootstrap_samples: int = 1000
-    max_users: int = 0  # 0: all test users; otherwise a seeded sample (for quick runs)
-    backend: Backend = Backend.LOCAL
-    shards: int = 8
-    baselines: tuple[str, ...] = ("random", "popularity", "itemknn", "svd", "ease")
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    """Funnel sizes: retrieve ``retrieve_k`` -> pre-rank to ``prerank_k`` -> heavy-rank to the ``k`` shown."""
-
-    retrieve_k: int = 1000
-    prerank_k: int = 100
-    k: int = 10
-    exclude_seen: bool = True
-
-    def __post_init__(self) -> None:
-        if not (self.retrieve_k >= self.prerank_k >= self.k >= 1):
-            raise ConfigError(
-                "engine: need retrieve_k >= prerank_k >= k >= 1, got "
-                f"{self.retrieve_k} >= {self.prerank_k} >= {self.k}"
-            )
-
-
-# --------------------------------------------------------------------------------------------------------
-# Generic loader
-# --------------------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    if dataclasses.is_dataclass(tp):
-        return f"a mapping ({tp.__name__})"
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check and convert a raw YAML ``value`` to type ``tp``; errors name ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        allowed = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(f"{key}: expected {allowed}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=key)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        for member in tp:
-            if value == member.value or value == member.name or value is member:
-                return member
-        raise ConfigError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        kt, vt = args if args else (Any, Any)
-        return {_convert(k, kt, f"{key}"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # internal: a field type we cannot check
-
-
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = prefix or cls.__name__
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(f'{prefix}.{k}' if prefix else k) for k in unknown)}; "
-            f"allowed keys: {', '.join(sorted(fields))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _convert(value, hints[name], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:  # a __post_init__ check
-        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass (nested) as plain YAML/JSON data; Enums become their values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys in a mapping."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(
-                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                f"(first at line {seen[key] + 1}) in {node.start_mark.name}"
-            )
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file with the safe loader, refusing duplicate keys; errors name the file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (value parsed as YAML) to a raw mapping, returning a new mapping."""
-    out = _deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. engine.k=20")
-        key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"--set {item!r}: empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
-        node = out
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return out
-
-
-def _deepcopy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deepcopy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deepcopy(v) for v in d]
-    return d
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load ``Config`` from a YAML file (or the defaults when ``path`` is None) plus ``--set`` overrides."""
-    raw: Any = {}
-    if path is not None:
-        raw = load_yaml(path) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
-    try:
-        return from_dict(Config, raw)
-    except ConfigError as exc:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{exc}") from None
-
-
-# --------------------------------------------------------------------------------------------------------
-# The whole configuration. Stage sections live beside their stages; they are imported here, after the
-# loader above is defined, because the stage modules use it (a deliberate, documented import cycle).
-# --------------------------------------------------------------------------------------------------------
-
+from recsys.configlib import (  # noqa: F401  (re-exported)
+    Backend,
+    ConfigError,
+    EngineConfig,
+    EvalConfig,
+    RayConfig,
+    SplitBasis,
+    SplitConfig,
+    SplitMethod,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
 from recsys.prerank.stage import PrerankConfig  # noqa: E402
 from recsys.retrieval.config import RetrievalConfig  # noqa: E402
 
@@ -359,3 +41,20 @@ class Config:
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``Config`` from a YAML file (or the defaults when ``path`` is None) plus ``--set`` overrides."""
+    raw: Any = {}
+    if path is not None:
+        raw = load_yaml(path) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return from_dict(Config, raw)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence, TypeVar
 
-from recsys.config import Backend, RayConfig
+from recsys.configlib import Backend, RayConfig
 from recsys.progress import progress
 
 logger = logging.getLogger(__name__)

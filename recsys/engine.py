@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from recsys.config import EngineConfig
+from recsys.configlib import EngineConfig
 from recsys.data.catalog import Catalog
 from recsys.retrieval.sources import Candidates
 from recsys.retrieval.stage import RetrievalStage

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys.config import ConfigError, from_dict, to_dict
+from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog
 from recsys.data.schema import Dataset, Role
 from recsys.data.vocab import Vocab

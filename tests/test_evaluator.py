@@ -20,7 +20,7 @@ from offline_eval.evaluator import (
     restrict_columns,
     set_recall,
 )
-from recsys.config import EvalConfig, SplitConfig
+from recsys.configlib import EvalConfig, SplitConfig
 from recsys.data.catalog import Catalog
 from recsys.data.schema import Dataset, col, make_schema
 from recsys.data.split import split_dataset
@@ -348,7 +348,7 @@ def test_oracle_system_maps_oracle_items_to_catalogue_indices():
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
-    from recsys.config import RayConfig
+    from recsys.configlib import RayConfig
     from recsys.distributed import init_ray, shutdown
 
     # stand-ins defined in this test module are shipped to the workers by value

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.config import ConfigError, from_dict
+from recsys.configlib import ConfigError, from_dict
 from recsys.graph import (
     GraphConfig,
     GraphSource,

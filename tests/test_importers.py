@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.config import ConfigError, from_dict
+from recsys.configlib import ConfigError, from_dict
 from recsys.data import importers as imp
 from recsys.data.importers import FORMATS, ImportMapping, import_dataset, import_generic, load_mapping
 from recsys.data.schema import DatasetError, Kind, Role, read_dataset, write_dataset

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from offline_eval.calibration import auc, downsample_negatives, logloss, recalibrate
-from recsys.config import ConfigError
+from recsys.configlib import ConfigError
 from recsys.rank import (
     ARCHITECTURES,
     MLP,

@@ -220,7 +220,7 @@ def test_config_rejects_bad_values():
 def synthetic_engine(tmp_path_factory):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from recsys.config import SplitConfig
+    from recsys.configlib import SplitConfig
     from recsys.data.split import split_dataset
     from recsys.data.synthetic import synthesize
     from recsys.prerank.stage import fit_on_split

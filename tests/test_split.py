@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.config import SplitBasis, SplitConfig, SplitMethod
+from recsys.configlib import SplitBasis, SplitConfig, SplitMethod
 from recsys.data.schema import Dataset, col, make_schema, read_dataset, validate
 from recsys.data.split import kcore_filter, split_dataset, temporal_cutoffs, write_split
 

@@ -60,7 +60,7 @@ def _section(cfg, name: str, default_factory):
 
 
 def cmd_feature_selection(args: argparse.Namespace) -> int:
-    from recsys.config import to_dict
+    from recsys.configlib import to_dict
     from recsys.data.catalog import Catalog
     from recsys.data.schema import read_dataset
     from recsys.data.split import split_dataset

@@ -68,7 +68,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from recsys.config import ConfigError, from_dict, load_yaml
+from recsys.configlib import ConfigError, from_dict, load_yaml
 from recsys.data.schema import Dataset, DatasetError, col, make_schema, validate
 
 logger = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recsys.config import ConfigError, from_dict, load_yaml, to_dict
+from recsys.configlib import ConfigError, from_dict, load_yaml, to_dict
 from recsys.io import atomic_output_dir
 
 logger = logging.getLogger(__name__)

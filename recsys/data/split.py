@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.config import SplitBasis, SplitConfig, SplitMethod, to_dict
+from recsys.configlib import SplitBasis, SplitConfig, SplitMethod, to_dict
 from recsys.data.schema import DATASET_YAML, Dataset, Role, write_dataset
 from recsys.io import atomic_output_dir, write_json
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.config import ConfigError
+from recsys.configlib import ConfigError
 from recsys.types import Ragged
 
 logger = logging.getLogger(__name__)

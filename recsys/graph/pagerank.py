@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.config import ConfigError, from_dict, to_dict
+from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.graph.item_graph import GraphConfig, build_item_graph, load_graph, save_graph
 from recsys.io import write_json
 from recsys.types import Ragged, Requests, top_k

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from recsys.config import ConfigError, from_dict, to_dict
+from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset
 from recsys.features import FeatureConfig, FeatureContext, FeatureKind, assemble, available_features, resolve

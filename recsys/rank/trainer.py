@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.config import ConfigError
+from recsys.configlib import ConfigError
 from recsys.rank.mmoe import multitask_loss, task_probabilities, validate_esmm_parent
 
 logger = logging.getLogger(__name__)
