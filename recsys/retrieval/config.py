@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from recsys.graph.item_graph import GraphConfig
+from recsys.graph.pagerank import PPRConfig
 from recsys.retrieval.index import parse_factory
 
 
@@ -90,6 +92,9 @@ class RetrievalConfig:
     exclude_seen      never return items of the request's history (``Requests.exclude`` is always honoured)
     refit             after the downstream stages are trained, retrain the two-tower for the bundle on every
                       window before the held-out one (see :func:`recsys.training.refresh_snapshot`)
+    graph_share       fraction of the k slots reserved for the graph source (the user's top personalized
+                      PageRank items on the item graph of the train window); 0 disables the source
+    graph, ppr        the item graph (co-engagement + explicit links) and the PPR computation of that source
     """
 
     two_tower: TwoTowerConfig = dataclasses.field(default_factory=TwoTowerConfig)
@@ -102,6 +107,9 @@ class RetrievalConfig:
     exclude_seen: bool = True
     index_threads: int = 2
     refit: bool = True
+    graph_share: float = 0.1
+    graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
+    ppr: PPRConfig = dataclasses.field(default_factory=PPRConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -113,6 +121,7 @@ class RetrievalConfig:
             ("ef_search", self.ef_search >= 1, ">= 1"),
             ("ann_k", self.ann_k >= 0, ">= 0"),
             ("popularity_share", 0.0 <= self.popularity_share <= 1.0, "in [0, 1]"),
+            ("graph_share", 0.0 <= self.graph_share <= 1.0 - self.popularity_share, "in [0, 1 - popularity_share]"),
             ("popularity_days", self.popularity_days >= 0, ">= 0"),
             ("index_threads", self.index_threads >= 1, ">= 1"),
         ):

@@ -43,6 +43,7 @@ from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
 from recsys.retrieval.config import RetrievalConfig, TwoTowerConfig
+from recsys.graph.pagerank import GraphSource
 from recsys.retrieval.index import AnnIndex
 from recsys.retrieval.sources import (
     AnnSource, Candidates, CandidateSource, PopularitySource, cold_rows, merge_candidates, sorted_member,
@@ -281,6 +282,20 @@ def item_features(ds: Dataset, catalog: Catalog) -> tuple[tuple[int, ...], np.nd
     return tuple(cards), item_cat, item_num
 
 
+def graph_source(ds: Dataset, catalog: Catalog, users: np.ndarray, items: np.ndarray, times: np.ndarray,
+                 cfg: RetrievalConfig) -> GraphSource:
+    """The PPR candidate source over the item graph of the given engagements plus the dataset's explicit
+    item links (both in catalogue indices)."""
+    src = dst = None
+    if ds.item_links is not None and "item_links" in ds.schema.tables:
+        spec = ds.schema.tables["item_links"]
+        src = catalog.items.encode(ds.item_links[spec.names(Role.SRC)[0]].to_numpy())
+        dst = catalog.items.encode(ds.item_links[spec.names(Role.DST)[0]].to_numpy())
+        ok = (src < catalog.n_items) & (dst < catalog.n_items)
+        src, dst = src[ok], dst[ok]
+    return GraphSource(cfg=cfg.ppr).fit_log(users, items, times, catalog.n_items, cfg.graph, src, dst)
+
+
 def _dedup_rows(r: Ragged, n: int, minus: Ragged | None = None) -> Ragged:
     """Unique items per row (sorted), without the items of the same row of ``minus``."""
     rows = np.repeat(np.arange(len(r), dtype=np.int64), r.lengths())
@@ -324,7 +339,7 @@ class RetrievalStage:
         self.popularity: PopularitySource | None = None
         self.item_vectors: np.ndarray | None = None
         self.spec: TowerSpec | None = None
-        self.extra_sources: dict[str, tuple[CandidateSource, int]] = {}
+        self.extra_sources: dict[str, tuple[CandidateSource, float]] = {}
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------------------------------------------
@@ -375,6 +390,8 @@ class RetrievalStage:
         window = cfg.popularity_days * DAY if cfg.popularity_days > 0 else None
         self.popularity = PopularitySource.from_events(items, times, n, window)
         self._build_index()
+        if cfg.graph_share > 0:
+            self.add_source("graph", graph_source(ds, catalog, users, items, times, cfg), cfg.graph_share)
         return self
 
     def _valid_set(self, valid: pd.DataFrame, train_pos: pd.DataFrame, label: str, tt: TwoTowerConfig):
@@ -407,14 +424,18 @@ class RetrievalStage:
                                     seed=cfg.two_tower.seed, threads=cfg.index_threads)
 
     # ---------------------------------------------------------------------------------------------------
-    def add_source(self, name: str, source: CandidateSource, quota: int) -> None:
+    def add_source(self, name: str, source: CandidateSource, share: float) -> None:
         """Register an extra candidate source (e.g. graph PPR) merged after ANN, before popularity, with
-        ``quota`` reserved slots. Not saved with the stage: its owner re-adds it after :meth:`load`."""
+        ``round(share * k)`` reserved slots of a ``retrieve(.., k)``. A source with ``save(folder)`` and a
+        ``load(folder)`` classmethod (the graph source) is saved with the stage; any other must be re-added
+        by its owner after :meth:`load`."""
         if name in ("ann", "popularity") or name in self.extra_sources:
             raise ValueError(f"RetrievalStage.add_source: source name {name!r} is taken")
         if not callable(getattr(source, "candidates", None)):
             raise TypeError("RetrievalStage.add_source: source needs a candidates(requests, k) method")
-        self.extra_sources[name] = (source, int(quota))
+        if not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"RetrievalStage.add_source: share must be in [0, 1], got {share!r}")
+        self.extra_sources[name] = (source, float(share))
 
     def _check_fitted(self) -> None:
         if self.model is None or self.index is None:
@@ -441,11 +462,13 @@ class RetrievalStage:
             exclude = union_rows(exclude, requests.history)
         return dataclasses.replace(requests, exclude=exclude)
 
-    def retrieve(self, requests: Requests, k: int, quotas: dict[str, int] | None = None) -> Candidates:
+    def retrieve(self, requests: Requests, k: int, quotas: dict[str, int] | None = None,
+                 extra: bool = True) -> Candidates:
         """Up to k merged candidates per request (ANN, extra sources, popularity in that priority).
 
-        Default quotas: popularity round(popularity_share * k), each extra source its own quota, ANN the rest;
-        every source can then fill empty slots in priority order.
+        Default quotas: popularity round(popularity_share * k), each extra source round(share * k), ANN the
+        rest; every source can then fill empty slots in priority order. ``extra=False`` leaves the extra
+        sources out (the stage ranking alone: two-tower with popularity fill).
         """
         self._check_fitted()
         if k < 0:
@@ -453,19 +476,20 @@ class RetrievalStage:
         req = self._prepare(requests)
         ann = AnnSource(self.index, self.user_vectors, self.is_cold, name="ann")
         outs = {"ann": ann.candidates(req, max(k, self.cfg.ann_k))}
-        for name, (src, _) in self.extra_sources.items():
+        extra_sources = self.extra_sources if extra else {}
+        for name, (src, _) in extra_sources.items():
             outs[name] = src.candidates(req, k)
         outs["popularity"] = self.popularity.candidates(req, k)
         if quotas is None:
             pop_q = int(round(self.cfg.popularity_share * k))
-            extra_q = {name: q for name, (_, q) in self.extra_sources.items()}
+            extra_q = {name: int(round(q * k)) for name, (_, q) in extra_sources.items()}
             quotas = {"ann": max(0, k - pop_q - sum(extra_q.values())), **extra_q, "popularity": pop_q}
         return merge_candidates(outs, quotas, k, exclude=req.exclude)
 
     def rank(self, requests: Requests, k: int) -> Results:
         """The stage alone as a Ranker: ANN candidates (popularity fill) ordered by the exact two-tower score;
         cold requests get the popular items (score log(1 + count)), flagged "cold_start"."""
-        cands = self.retrieve(requests, k, quotas={"ann": k})
+        cands = self.retrieve(requests, k, quotas={"ann": k}, extra=False)
         items = cands.items
         b = len(items)
         scores = np.full(items.shape, np.nan, dtype=np.float64)
@@ -513,6 +537,14 @@ class RetrievalStage:
         self.index.save(folder / "index.faiss")
         np.save(folder / "popularity.npy", self.popularity.counts)
         self.encoder.save(folder)
+        saved = {}
+        for name, (src, share) in self.extra_sources.items():
+            if isinstance(src, GraphSource):
+                src.save(folder / "sources" / name)
+                saved[name] = {"type": "graph", "share": share}
+            else:
+                logger.warning("retrieval: extra source %r is not saved with the stage (no known format)", name)
+        (folder / "sources.json").write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, folder: str | Path, catalog: Catalog) -> "RetrievalStage":
@@ -546,4 +578,12 @@ class RetrievalStage:
             self.item_vectors = np.ascontiguousarray(self.model.item_embeddings().numpy(), dtype=np.float32)
         if self.index.ntotal != catalog.n_items:
             raise ValueError(f"{folder / 'index.faiss'}: {self.index.ntotal} vectors for {catalog.n_items} items")
+        sources_path = folder / "sources.json"
+        for name, spec in (json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}).items():
+            if spec.get("type") != "graph":
+                raise ValueError(f"{sources_path}: source {name!r} has unknown type {spec.get('type')!r}")
+            src = GraphSource.load(folder / "sources" / name)
+            if src.n_items != catalog.n_items:
+                raise ValueError(f"{folder / 'sources' / name}: graph of {src.n_items} items, catalogue {catalog.n_items}")
+            self.add_source(name, src, float(spec["share"]))
         return self
