@@ -1,7 +1,8 @@
 """``recsys demo``: the main job on the embedded default data (what ``make demo`` runs).
 
-Synthesizes the demo world, splits it, prints its statistics, then evaluates the baselines and the oracle
-on the test window and prints the comparison. Everything is written under ``--out`` (default
+Synthesizes the demo world, splits it, prints its statistics, trains the funnel into a bundle, then
+evaluates the engine, its stage-removed ablations, the baselines and the oracle on the test window and prints
+the comparison, the funnel and the calibration. Everything is written under ``--out`` (default
 ``runs/demo``).
 """
 
@@ -52,13 +53,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     say(format_split(split.stats()))
 
     from offline_eval.evaluator import run_evaluation
+    from recsys.training import ablations, load_engine, train_engine
+
+    bundle_dir = out / "artifacts" / "demo"
+    say(f"-- 3. training the funnel (retrieval -> pre-ranking -> heavy ranking) -> {bundle_dir}")
+    bundle = train_engine(ds, cfg, bundle_dir)
+    say(f"bundle {bundle.path} (stages: {', '.join(bundle.stages)})")
+    engine = load_engine(bundle.path)
+    systems = {"engine": engine, **ablations(engine, bundle.path)}
 
     report_dir = out / "report"
-    say(f"-- 3. full-ranking evaluation of the baselines and the oracle on the test window -> {report_dir}")
-    result = run_evaluation(ds, cfg, report_dir, overwrite=True)
+    say(f"-- 4. full-ranking evaluation on the test window: engine, ablations, baselines, oracle -> {report_dir}")
+    result = run_evaluation(ds, cfg, report_dir, systems=systems, split=split, overwrite=True)
     say(format_systems(result))
+    say("")
+    say(format_funnel(result))
+    if result.get("calibration"):
+        say("")
+        say(format_calibration(result["calibration"]))
+    say("")
+    say(format_comparisons(result))
     say(f"== done in {time.perf_counter() - t0:.0f} s; report: {report_dir / 'report.md'}")
     return 0
+
+
+def format_funnel(result: dict) -> str:
+    """The engine's funnel: recall of the test engagements at each stage's cut-off."""
+    funnel = result.get("funnel", {}).get("engine", {})
+    lines = ["funnel (engine): did the engaged item survive each stage?", "", "| stage | cut-off | recall |",
+             "|---|---:|---:|"]
+    for stage, row in funnel.items():
+        lines.append(f"| {stage} | {row.get('C', '')} | {row.get('recall', float('nan')):.4f} |")
+    return "\n".join(lines)
+
+
+def format_calibration(cal: dict) -> str:
+    keys = ("logloss_raw", "logloss", "ne", "auc", "calibration", "ece")
+    lines = ["calibration of the heavy ranker on the full (not downsampled) test impressions:", "",
+             "| task | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for task, row in cal.items():
+        vals = [row.get(k) for k in keys]
+        lines.append(f"| {task} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def format_comparisons(result: dict) -> str:
+    """Paired bootstrap of the engine against every other system (ndcg@10)."""
+    lines = ["engine vs each system, ndcg@10 (paired bootstrap, 95% CI of the difference):", "",
+             "| vs | diff | 95% CI | p |", "|---|---:|---|---:|"]
+    for c in result.get("comparisons", []):
+        if c["a"] == "engine":
+            lines.append(f"| {c['b']} | {c['mean_diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+                         f"{c['p_value']:.3f} |")
+    return "\n".join(lines)
 
 
 def format_systems(result: dict, metrics=("ndcg@10", "mrr@10", "map@10", "recall@10", "recall@100")) -> str:

@@ -109,7 +109,7 @@ class RetrievalConfig:
     refit: bool = True
     graph_share: float = 0.1
     graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
-    ppr: PPRConfig = dataclasses.field(default_factory=PPRConfig)
+    ppr: PPRConfig = dataclasses.field(default_factory=lambda: PPRConfig(eps=1e-4))
 
     def __post_init__(self) -> None:
         try:
