@@ -643,6 +643,7 @@ def run_evaluation(
     extra: Mapping[str, Any] | None = None,
     catalog: Catalog | None = None,
     split: Split | None = None,
+    reliability: Mapping[str, Any] | None = None,
 ) -> dict:
     """Split ``ds``, fit the baselines, evaluate every system (+ the oracle when the dataset has ground truth),
     compare them and write the report folder ``out``. Returns the ``metrics.json`` content.
@@ -653,6 +654,7 @@ def run_evaluation(
         baselines: baseline names to fit (default ``cfg.eval.baselines``); ``[]`` for none.
         backend, ray_cfg: default ``cfg.eval.backend`` / ``cfg.ray``. A Ray runtime started here is stopped here.
         extra: more report sections, e.g. ``{"calibration": {task: {...}}}``.
+        reliability: {name: bin table} drawn as ``reliability.png`` (see ``calibration.reliability_diagram``).
         catalog: the catalogue to evaluate in (default: items of ``ds``, users seen before the test window).
         split: a precomputed split of ``ds`` (default: ``split_dataset(ds, cfg.split)``).
     """
@@ -721,6 +723,7 @@ def run_evaluation(
         export_run=export_run,
         overwrite=overwrite,
         backend=backend.value,
+        reliability=reliability,
     )
 
 

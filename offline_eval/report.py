@@ -467,6 +467,7 @@ def write_report(
     export_run: bool = False,
     overwrite: bool = False,
     backend: str = "local",
+    reliability: Mapping[str, Any] | None = None,
 ) -> dict:
     """Write the report folder ``out`` atomically (see the module docstring); returns the metrics.json content."""
     metrics = build_metrics(evals, data, cfg, ds, comparisons, baselines, split_stats, extra, backend)
@@ -474,6 +475,12 @@ def write_report(
         plots = []
         if plot_metric_curves(metrics, tmp / "metric_at_k.png"):
             plots.append("metric_at_k.png")
+        if reliability:
+            from offline_eval.calibration import reliability_diagram
+
+            reliability_diagram(reliability, tmp / "reliability.png",
+                                title="Reliability of the heavy ranker's probabilities (test window)")
+            plots.append("reliability.png")
         if export_run:
             exports: dict[str, Any] = {"qrels": "qrels.trec", "runs": {}}
             write_trec_qrels(tmp / "qrels.trec", data)

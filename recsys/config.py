@@ -25,6 +25,7 @@ from recsys.configlib import (  # noqa: F401  (re-exported)
     to_dict,
 )
 from recsys.prerank.stage import PrerankConfig  # noqa: E402
+from recsys.rank.stage import RankConfig  # noqa: E402
 from recsys.retrieval.config import RetrievalConfig  # noqa: E402
 
 
@@ -38,6 +39,7 @@ class Config:
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     prerank: PrerankConfig = dataclasses.field(default_factory=PrerankConfig)
+    rank: RankConfig = dataclasses.field(default_factory=RankConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)

@@ -28,6 +28,7 @@ from recsys.engine import Engine
 logger = logging.getLogger(__name__)
 
 NO_GRAPH_STAGE = "prerank_no_graph"
+ABLATION_ARCHS = ("mmoe", "shared_bottom", "single_task")
 GRAPH_FEATURES = ("item_pagerank", "ppr", "co_engagement", "src_graph")
 
 
@@ -86,6 +87,19 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
                 n for n in scoring["prerank"].feature_names if n not in GRAPH_FEATURES))
             scoring[NO_GRAPH_STAGE] = fit_on_split(ds, catalog, retrieval, split, no_graph)
             metrics[NO_GRAPH_STAGE] = scoring[NO_GRAPH_STAGE].valid_metrics
+    if cfg.rank.enabled and "rank" in windows:
+        from recsys.rank.stage import fit_on_split as fit_rank
+
+        scoring["rank"] = fit_rank(ds, catalog, retrieval, scoring.get("prerank"), None, split, cfg.rank)
+        metrics["rank"] = scoring["rank"].valid_metrics
+        if cfg.rank.ablate_arch:
+            # the same heavy ranker with another multi-task core, for the `shared_bottom` / `single_task` systems
+            for arch in ABLATION_ARCHS:
+                if arch == cfg.rank.arch:
+                    continue
+                alt = dataclasses.replace(cfg.rank, arch=arch)
+                scoring[f"rank_{arch}"] = fit_rank(ds, catalog, retrieval, scoring.get("prerank"), None, split, alt)
+                metrics[f"rank_{arch}"] = scoring[f"rank_{arch}"].valid_metrics
     if cfg.retrieval.refit:
         catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, retrieval, scoring)
         metrics["retrieval"]["refit"] = {"users": catalog.n_users, "epochs": len(retrieval.history)}
@@ -134,21 +148,26 @@ def load_engine(path: str | Path) -> Engine:
     cfg = from_dict(Config, bundle.manifest["config"])
     catalog = load_catalog(bundle.path / "catalog")
     retrieval = RetrievalStage.load(bundle.stage_dir("retrieval"), catalog)
-    prerank = None
+    prerank = ranker = None
     if "prerank" in bundle.stages:
         from recsys.prerank.stage import PrerankStage
 
         prerank = PrerankStage.load(bundle.stage_dir("prerank"), catalog)
-    return Engine.from_config(retrieval, cfg.engine, prerank=prerank, name="engine", version=bundle.version,
-                              catalog=catalog)
+    if "rank" in bundle.stages:
+        from recsys.rank.stage import RankStage
+
+        ranker = RankStage.load(bundle.stage_dir("rank"), catalog)
+    return Engine.from_config(retrieval, cfg.engine, prerank=prerank, ranker=ranker, name="engine",
+                              version=bundle.version, catalog=catalog)
 
 
 def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
     """The engine with a stage removed or replaced, by system name (for the evaluation report).
 
     ``retrieval_only`` (no scoring stage), ``no_prerank`` (the heavy ranker on retrieval order),
-    ``prerank_only`` / ``no_heavy_ranker`` (no heavy ranker), ``no_graph_features`` (the pre-ranker trained
-    without its graph features, when the bundle has it).
+    ``prerank_only`` (no heavy ranker), ``shared_bottom`` / ``single_task`` (the heavy ranker with another
+    multi-task core, when the bundle has them), ``no_graph_features`` (the pre-ranker trained without its
+    graph features, when the bundle has it).
     """
     out: dict[str, Engine] = {}
     names = [s.name for s, _ in engine.stages]
@@ -158,6 +177,15 @@ def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
         out["no_prerank"] = engine.without("prerank", name="no_prerank")
         out["prerank_only"] = engine.without("rank", name="prerank_only")
     bundle = load_bundle(bundle_path)
+    if "rank" in names:
+        from recsys.rank.stage import RankStage
+
+        for arch in ABLATION_ARCHS:
+            if f"rank_{arch}" in bundle.stages:
+                alt = RankStage.load(bundle.stage_dir(f"rank_{arch}"), engine.catalog)
+                alt.name = "rank"
+                stages = [(alt if s.name == "rank" else s, c) for s, c in engine.stages]
+                out[arch] = dataclasses.replace(engine, stages=stages, name=arch)
     if "prerank" in names and NO_GRAPH_STAGE in bundle.stages:
         from recsys.prerank.stage import PrerankStage
 
@@ -166,3 +194,27 @@ def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
         stages = [(alt if s.name == "prerank" else s, c) for s, c in engine.stages]
         out["no_graph_features"] = dataclasses.replace(engine, stages=stages, name="no_graph_features")
     return out
+
+
+def calibration_reports(systems: dict[str, Engine], ds: Dataset, split: Split) -> tuple[dict, dict]:
+    """Probability quality of each system's heavy ranker on the held-out window's full (not downsampled)
+    distribution (its logged impressions, or its engagements on rating data).
+
+    Returns ``({system: {task: report}}, {"system/task": reliability bins})``; a report holds logloss_raw
+    (before recalibration), logloss, ne, auc, calibration (sum p / sum y), ece and, on synthetic data, the mean
+    absolute error against the true probabilities (see :meth:`recsys.rank.stage.RankStage.calibration`).
+    """
+    windows = stage_windows(split)
+    reports: dict = {}
+    bins: dict = {}
+    for name, engine in systems.items():
+        stages = {s.name: s for s, _ in engine.stages}
+        if "rank" not in stages:
+            continue
+        rep = stages["rank"].calibration(ds, engine.catalog, engine.retrieval, stages.get("prerank"), None,
+                                         split[windows["test"]], split.before(windows["test"]))
+        reports[name] = {t: {k: v for k, v in r.items() if k != "reliability"} for t, r in rep.items()}
+        for task, r in rep.items():
+            if "reliability" in r:
+                bins[f"{name}/{task}"] = r["reliability"]
+    return reports, bins

@@ -64,7 +64,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report_dir = out / "report"
     say(f"-- 4. full-ranking evaluation on the test window: engine, ablations, baselines, oracle -> {report_dir}")
-    result = run_evaluation(ds, cfg, report_dir, systems=systems, split=split, overwrite=True)
+    from recsys.commands.evaluate import engine_extras
+
+    extra, reliability = engine_extras(systems, ds, cfg)
+    result = run_evaluation(ds, cfg, report_dir, systems=systems, split=split, overwrite=True, extra=extra,
+                            reliability=reliability)
     say(format_systems(result))
     say("")
     say(format_funnel(result))

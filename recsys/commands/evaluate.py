@@ -64,6 +64,22 @@ def build_systems(args: argparse.Namespace, ds, cfg) -> dict:
     return {"engine": engine, **ablations(engine, args.bundle)}
 
 
+def engine_extras(systems: dict, ds, cfg) -> tuple[dict, dict]:
+    """The heavy ranker's calibration on the test window: ``calibration`` (the engine, per task) and
+    ``calibration_by_system`` (every system with a heavy ranker), plus the reliability bins."""
+    from recsys.data.split import split_dataset
+    from recsys.training import calibration_reports
+
+    engines = {n: s for n, s in systems.items() if hasattr(s, "stages") and hasattr(s, "retrieval")}
+    if not engines:
+        return {}, {}
+    reports, bins = calibration_reports(engines, ds, split_dataset(ds, cfg.split))
+    extra = {"calibration": reports.get("engine", {})}
+    if reports:
+        extra["calibration_by_system"] = reports
+    return extra, {k: v for k, v in bins.items() if k.startswith("engine/")}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from offline_eval.evaluator import run_evaluation
     from offline_eval.report import check_output, format_table
@@ -85,6 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ray_cfg = dataclasses.replace(cfg.ray, address=args.ray_address)
     ds = read_dataset(args.data)
     systems = build_systems(args, ds, cfg)
+    extra, reliability = engine_extras(systems, ds, cfg)
     metrics = run_evaluation(
         ds,
         cfg,
@@ -95,6 +112,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ray_cfg=ray_cfg,
         export_run=args.export_run,
         overwrite=args.overwrite,
+        extra=extra,
+        reliability=reliability,
     )
     print(f"{metrics['dataset']['name']}: {metrics['n_users']} test users, {metrics['dataset']['counts']['items']} "
           f"items (full ranking)")

@@ -1,0 +1,1124 @@
+"""The heavy ranker: a multi-task network (MMoE by default) over the pre-ranker's candidates, trained with
+negative downsampling, recalibrated, and combined into one score by the value model.
+
+Shapes: B requests, C candidates per request, F assembled features, R rows ((request, candidate) pairs),
+T tasks, G requests of a window (one per user), L history length, D embedding dim.
+
+**Rows** (:func:`build_rank_rows`), on the heavy ranker's window (one the pre-ranker did not train on; see
+:func:`recsys.training.stage_windows`), with the same protocol as the pre-ranker's training data
+(:func:`recsys.prerank.stage.build_ranking_data`):
+
+* one request per user of the window (every user with a row there: on impression logs users who never
+  clicked are part of the distribution), at the time of the user's first event in the window, with that
+  event's context, and the history of the user's engagements before the window (``past_df``; seen items
+  excluded, as when serving);
+* the (user, item) examples, chosen by ``examples`` (:class:`Examples`):
+
+  - ``impressions`` (what ``auto`` picks on a dataset with impressions): every item shown to the user in the
+    window, with its logged labels: the realistic positives and negatives;
+  - ``funnel`` (what ``auto`` picks otherwise): ``retrieval.retrieve(requests, retrieve_k)`` ordered by
+    ``prerank.score`` and cut to ``candidates_k`` (retrieval order without a pre-ranker), exactly the
+    candidates the engine hands the stage, labelled 1 if the user engaged with them in the window;
+  - ``both``: the funnel candidates plus the impressions not among them (source ``impression``).
+
+  Why ``impressions`` on impression logs: a funnel candidate the log never showed gets label 0 although
+  nobody knows whether the user would have clicked it, so with ``both`` the model learns the logging policy's
+  exposure (shown or not) more than the click. Measured on the synthetic ``demo`` world (400k impressions,
+  test-window impressions): click AUC 0.719 / NE 0.92 / calibration 0.93 with ``impressions`` against
+  0.576 / 1.10 / 0.48 with ``both`` (the pre-ranker's order: AUC 0.598). Items the user engaged with before
+  the window are left out (the engine excludes them);
+* labels per task: ``max`` over the window's rows of the (user, item) pair of ``label > 0``; 0 for a
+  candidate the user did not engage with;
+* truth (synthetic worlds): for a task ``t`` with a truth column ``p_<t>``, the probability of the pair's
+  label, ``1 - prod_k (1 - p_k)`` over the pair's impressions in the window (exact for the max label of
+  independent impressions); NaN for rows that were not shown.
+
+**Inputs** (:class:`InputEncoder`): the dense features are the NUMERIC features of
+:func:`recsys.features.assemble` (the same function the pre-ranker, the evaluator and the HTTP service call, so
+training and serving cannot compute a feature differently), standardised with the training rows' mean and
+standard deviation, ``z = clip((x - mean) / std, -5, 5)``; a missing value (NaN) becomes 0 (the mean) and,
+for each feature that had missing values in training, a 0/1 missing-indicator column is appended. The
+features default to every available feature except those describing the candidate's *source*
+(:data:`SOURCE_DEPENDENT`): the impressions appended to the training rows have source ``impression``, which
+never occurs when serving, so those columns would let the model tell an impression from a candidate (a
+train/serve skew). Embedded (categorical) fields: with ``user_id`` the user, by external id (unknown users and
+users without a training row: the OOV row, trained by ``user_dropout``; off by default: on the synthetic world
+a per-user embedding learnt from one short window overfits: test-window click AUC 0.61-0.63 with it against
+0.65 without, ``tiny`` preset with 100k impressions), every CATEGORICAL feature and every ``ctx.`` / ``user.``
+/ ``item.`` feature whose dataset column is categorical (e.g. the hour and the device of the request, the item
+category, the user's age bucket), coded by the sorted levels seen in the training rows (unseen level or NaN:
+one OOV row), and the candidate item
+(table shared with the history). History: the user's last ``history_len`` engaged items, pooled against
+the candidate by target attention (:class:`~recsys.rank.mmoe.TargetAttentionPooling`, DIN). All embedding
+tables start at ``N(0, 0.01^2)``, so rows that never get a gradient (users held out for validation, items
+absent from training) stay near the origin, an "average" entity, instead of random.
+
+**Tasks.** Default: every binary label of the dataset in schema order (``click, like`` on the synthetic
+world). A task whose label is constant in the training rows is skipped with a warning (it carries no
+signal and its logloss would push the head to +-infinity); a task named in the config that is not a
+binary label raises ValueError listing the binary labels. With ``esmm``, a task whose positive rows are all
+positive for another task (e.g. ``like`` only where ``click``) gets the one with the fewest positives as its
+ESMM parent (Ma et al., SIGIR 2018): its head models ``P(child | parent)`` and its probability is
+``P(parent) * P(child | parent)``, trained on the entire space (:func:`recsys.rank.mmoe.multitask_loss`).
+
+**Negative downsampling and recalibration.** Rows whose labels are *all* 0 are kept with probability
+``w = downsample_w`` (seeded; validation rows as well, so early stopping monitors the distribution being
+fitted); every row with a positive is kept (He et al., ADKDD 2014, section 6.3). Let ``K(x)`` be the
+probability that a row is kept, ``K = P(any) + w (1 - P(any))``, with ``P(any)`` the probability that some
+task is positive. Every task ``t`` has all its positive rows kept, so on the sampled distribution
+``P_s(t | x) = P(t | x) / K(x)``, and with ``r = P_s(any | x)``, ``K = 1 / (r + (1 - r) / w)``. Hence the
+recalibration applied in :meth:`RankStage.score`::
+
+    q_t = p_t / (r + (1 - r) / w)
+
+For the task that is positive exactly when any task is (the *cover* task: ``click`` when ``like`` implies
+``click``), ``r = p_t`` and this is He et al.'s ``q = p / (p + (1 - p) / w)``. An ESMM child of the cover task
+becomes ``q_child = q_parent * P(child | parent)``: the conditional is *not* recalibrated, because no row
+with ``parent = 1`` is ever dropped, so the conditional distribution is the same with and without sampling.
+When no task is a cover task (e.g. two independent labels), an auxiliary head ``P_s(any)`` is trained for
+``r`` (only when ``w < 1``; it is not exposed). The recalibrated ``q`` are the ``p_<task>`` outputs and
+the inputs of the value model (:mod:`recsys.rank.value`).
+
+**Training**: :func:`recsys.rank.trainer.fit_multitask` (Adam, early stopping on the mean validation logloss
+of a seeded user-level holdout of ``valid_fraction`` of the window's users; with ``valid_fraction = 0``,
+or a single user, the training rows serve as validation set and training runs to ``max_epochs`` unless the
+training logloss stops improving). Initial weights are seeded with ``seed``, and each head's bias starts at
+the logit of its training base rate (:func:`init_head_biases`); everything is deterministic for the config.
+
+**Scoring**: ``score(requests, cands) -> {"score": value (B, C), "p_<task>": q (B, C) per task}``, float64,
+``-inf`` / NaN at padding. The features come from :func:`recsys.features.assemble` (row-wise), and the
+network runs in float64 with the head probabilities rounded to float32, so a user's scores are the same alone
+or in a batch (in float32, BLAS kernels chosen by batch size change ~1 output in 1000 in the last bit).
+
+**Saved folder** (no pickle)::
+
+    rank.json           format version, RankConfig, tasks, ESMM parents, w, inputs (feature names, embedded
+                        fields with their levels, dense columns), sizes, validation metrics
+    model.safetensors   the network's state dict (safetensors.torch.save_file)
+    dense_mean.npy, dense_std.npy   standardisation of the dense features
+    user_vocab.parquet  with user_id: the external ids of the embedded users
+    features/           the FeatureContext (see recsys.features)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from offline_eval.calibration import auc, calibration_report, downsample_negatives, expected_calibration_error, logloss
+from recsys.configlib import ConfigError, from_dict, to_dict
+from recsys.data.catalog import Catalog, positives
+from recsys.data.schema import Dataset, Kind, Role
+from recsys.data.vocab import Vocab
+from recsys.engine import select_columns, top_columns
+from recsys.features import FeatureConfig, FeatureContext, FeatureKind, assemble, available_features, resolve
+from recsys.graph import GraphConfig
+from recsys.io import write_json
+from recsys.prerank.stage import _append_extras, split_groups
+from recsys.rank.mmoe import ARCHITECTURES, RankerNet, TargetAttentionPooling, build_multitask, ranker_input_dim
+from recsys.rank.trainer import FitHistory, TrainConfig, fit_multitask, predict
+from recsys.rank.value import ValueConfig, value
+from recsys.retrieval.sources import Candidates
+from recsys.types import Ragged, Requests
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+#: features describing where a candidate came from; left out by default (see the module docstring)
+SOURCE_DEPENDENT = ("ann_rank", "src_ann", "src_popularity", "src_graph", "n_sources")
+ANY_TASK = "__any__"  # auxiliary head P_s(any task positive), for recalibration without a cover task
+EMB_INIT_STD = 0.01
+_CHUNK = 512  # requests per retrieve + pre-rank + assemble block
+_PREDICT_BATCH = 8192
+
+
+class Examples(str, enum.Enum):
+    """Which (user, item) rows of the window the heavy ranker learns from (see the module docstring)."""
+
+    AUTO = "auto"  # impressions on a dataset with impressions, else funnel
+    IMPRESSIONS = "impressions"  # the logged impressions of the window (shown items, logged labels)
+    FUNNEL = "funnel"  # the pre-ranked candidates, labelled by the window's engagements
+    BOTH = "both"  # funnel candidates plus the impressions not among them
+
+    def resolve(self, has_impressions: bool) -> "Examples":
+        if self is Examples.AUTO:
+            return Examples.IMPRESSIONS if has_impressions else Examples.FUNNEL
+        if self in (Examples.IMPRESSIONS, Examples.BOTH) and not has_impressions:
+            raise ValueError(f"rank.examples: {self.value!r} needs a dataset with impressions (dataset.yaml "
+                             "has_impressions: true); use 'funnel' or 'auto'")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class RankConfig:
+    """The heavy ranker (``rank`` section of the engine config).
+
+    arch               multi-task core: mmoe | shared_bottom | single_task (:data:`recsys.rank.mmoe.ARCHITECTURES`)
+    tasks              label columns to predict (binary labels); empty: every binary label in schema order
+    esmm               model a task that is positive only where another is as ESMM child of it
+    n_experts          MMoE experts (ignored by shared_bottom / single_task)
+    expert_dims        hidden sizes of an expert (= the shared bottom; the single-task trunk)
+    tower_dims         hidden sizes of each task tower
+    emb_dim            embedding dim of every categorical field, the item and the history
+    history_len        last engaged items pooled by target attention (0: no history input)
+    dropout            dropout of the MLPs
+    user_id            embed the catalogue user index (off by default: the ranker learns from one short window,
+                       where a user has a handful of rows and a per-user embedding overfits; the history,
+                       the users-table columns and the user features represent the user instead)
+    user_dropout       with user_id: probability that a training row's user is replaced by the OOV row (which
+                       serves unknown users and users without training rows), so that row learns the average user
+    features           feature names (:mod:`recsys.features`); empty: all available but SOURCE_DEPENDENT
+    downsample_w       keep rate w in (0, 1] of rows whose labels are all 0 (1: no downsampling)
+    examples           which (user, item) rows to learn from (:class:`Examples`): auto | impressions | funnel | both
+    retrieve_k         funnel: retrieval candidates per training user, pre-ranked down to candidates_k
+    candidates_k       funnel: pre-ranked candidates per training user
+    max_train_users    0: every user of the window; else a seeded sample of that many
+    valid_fraction     seeded fraction of the users held out for early stopping, in [0, 1)
+    train              optimisation (:class:`recsys.rank.trainer.TrainConfig`)
+    value              the value model (:class:`recsys.rank.value.ValueConfig`)
+    seed               user sampling, holdout, downsampling and initial weights
+    graph              the item graph of the features (as the pre-ranker's; equal settings share one context)
+    feature_params     the features' own parameters (PPR, co-engagement, CTR smoothing, item columns)
+    enabled            false: the engine has no heavy ranker
+    ablate_arch        also train the other multi-task cores (``shared_bottom`` / ``single_task`` systems)
+    """
+
+    ablate_arch: bool = True
+    enabled: bool = True
+    arch: str = "mmoe"
+    tasks: tuple[str, ...] = ()
+    esmm: bool = True
+    n_experts: int = 4
+    expert_dims: tuple[int, ...] = (64,)
+    tower_dims: tuple[int, ...] = (32,)
+    emb_dim: int = 16
+    history_len: int = 20
+    dropout: float = 0.0
+    user_id: bool = False
+    user_dropout: float = 0.1
+    features: tuple[str, ...] = ()
+    downsample_w: float = 1.0
+    retrieve_k: int = 200
+    examples: Examples = Examples.AUTO
+    candidates_k: int = 50
+    max_train_users: int = 0
+    valid_fraction: float = 0.2
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    value: ValueConfig = dataclasses.field(default_factory=ValueConfig)
+    seed: int = 0
+    graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
+    feature_params: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"rank.arch: unknown architecture {self.arch!r}; expected one of {sorted(ARCHITECTURES)}")
+        w = self.downsample_w
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
+            raise ConfigError(f"rank.downsample_w: the negative keep rate w must be in (0, 1] (1 disables "
+                              f"downsampling), got {w!r}")
+        for name, ok, what in (
+            ("n_experts", self.n_experts >= 1, ">= 1"),
+            ("expert_dims", len(self.expert_dims) >= 1 and all(d >= 1 for d in self.expert_dims),
+             "a non-empty list of sizes >= 1"),
+            ("tower_dims", all(d >= 1 for d in self.tower_dims), "a list of sizes >= 1"),
+            ("emb_dim", self.emb_dim >= 1, ">= 1"),
+            ("history_len", self.history_len >= 0, ">= 0"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
+            ("user_dropout", 0.0 <= self.user_dropout <= 1.0, "in [0, 1]"),
+            ("retrieve_k", self.retrieve_k >= 1, ">= 1"),
+            ("candidates_k", self.candidates_k >= 1, ">= 1"),
+            ("max_train_users", self.max_train_users >= 0, ">= 0"),
+            ("valid_fraction", 0.0 <= self.valid_fraction < 1.0, "in [0, 1)"),
+        ):
+            if not ok:
+                raise ConfigError(f"rank.{name}: must be {what}, got {getattr(self, name)!r}")
+        for name in ("tasks", "features"):
+            vals = getattr(self, name)
+            if len(set(vals)) != len(vals):
+                raise ConfigError(f"rank.{name}: duplicate names in {list(vals)}")
+        if ANY_TASK in self.tasks:
+            raise ConfigError(f"rank.tasks: {ANY_TASK!r} is reserved")
+        object.__setattr__(self, "downsample_w", float(w))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tasks
+# ------------------------------------------------------------------------------------------------------------
+
+
+def binary_labels(ds: Dataset) -> list[str]:
+    """The dataset's binary label columns, in schema order."""
+    cols = ds.schema.tables["interactions"].columns
+    return [c for c in ds.schema.labels if cols[c].kind is Kind.BINARY]
+
+
+def resolve_tasks(ds: Dataset, tasks: Sequence[str]) -> list[str]:
+    """``tasks`` checked against the dataset's binary labels (default: all of them)."""
+    available = binary_labels(ds)
+    if not tasks:
+        if not available:
+            raise ValueError(f"rank.tasks: dataset {ds.schema.name!r} has no binary label column; labels: "
+                             f"{ds.schema.labels}")
+        return available
+    bad = [t for t in tasks if t not in available]
+    if bad:
+        raise ValueError(f"rank.tasks: {bad} are not binary label columns of {ds.schema.name!r}; available "
+                         f"labels: {available}")
+    return list(tasks)
+
+
+def detect_esmm_parents(df: pd.DataFrame, tasks: Sequence[str]) -> list[int | None]:
+    """Per task, the index of its ESMM parent or None, from the rows of ``df``: task ``j``'s parent is the task
+    ``i`` with the fewest positives among those with strictly more positives than ``j`` and positive on every
+    row where ``j`` is (``like`` only where ``click``). Strictly more positives keeps the relation acyclic;
+    two identical labels get no parent."""
+    pos = [df[t].to_numpy() > 0 for t in tasks]
+    count = [int(p.sum()) for p in pos]
+    parents: list[int | None] = []
+    for j in range(len(tasks)):
+        cands = [i for i in range(len(tasks))
+                 if i != j and count[j] > 0 and count[i] > count[j] and not (pos[j] & ~pos[i]).any()]
+        parents.append(min(cands, key=lambda i: (count[i], i)) if cands else None)
+    return parents
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rows
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RankRows:
+    """The (request, candidate) rows of a window (see the module docstring).
+
+    requests  G requests, one per user (``user_ids`` (G,) external ids)
+    blocks    [(first request row, Candidates of the block)]: the candidates each block was assembled from
+    req       (R,) request row of each example; ``col`` (R,) its column in its block's candidates
+    item      (R,) catalogue item index
+    X         (R, F) float32 assembled features ``names`` (NaN = missing)
+    labels    (R, T) int8 0/1 per task of ``tasks``
+    shown     (R,) bool the pair was shown in the window (an impression; always False without impressions)
+    funnel    (R,) bool the row is a pre-ranked candidate (False: an appended impression)
+    truth     (R, T) float64 probability of the label from the truth columns (NaN where unknown), or None
+    """
+
+    requests: Requests
+    user_ids: np.ndarray
+    blocks: list[tuple[int, Candidates]]
+    req: np.ndarray
+    col: np.ndarray
+    item: np.ndarray
+    X: np.ndarray
+    labels: np.ndarray
+    shown: np.ndarray
+    funnel: np.ndarray
+    truth: np.ndarray | None
+    names: list[str]
+    tasks: list[str]
+
+    def __len__(self) -> int:
+        return len(self.req)
+
+    def stage_scores(self, stage) -> np.ndarray:
+        """(R,) float64 ``stage.score(requests, candidates)["score"]`` at each row (any ScoringStage)."""
+        out = np.empty(len(self.req), dtype=np.float64)
+        for start, cands in self.blocks:
+            rows = np.arange(start, start + len(cands))
+            s = np.asarray(stage.score(self.requests.take(rows), cands)["score"], dtype=np.float64)
+            sel = (self.req >= start) & (self.req < start + len(cands))
+            out[sel] = s[self.req[sel] - start, self.col[sel]]
+        return out
+
+    def source_scores(self, name: str) -> np.ndarray:
+        """(R,) float64 the candidate source score ``Candidates.scores[name]`` at each row (NaN if absent)."""
+        out = np.full(len(self.req), np.nan, dtype=np.float64)
+        for start, cands in self.blocks:
+            if name not in cands.scores:
+                continue
+            sel = (self.req >= start) & (self.req < start + len(cands))
+            out[sel] = np.asarray(cands.scores[name], dtype=np.float64)[self.req[sel] - start, self.col[sel]]
+        return out
+
+
+def _first_events(win: pd.DataFrame, ucol: str, max_users: int, seed: int) -> pd.DataFrame:
+    first = win.drop_duplicates(ucol, keep="first")
+    if max_users and len(first) > max_users:
+        pick = np.sort(np.random.default_rng(seed).choice(len(first), max_users, replace=False))
+        first = first.iloc[pick]
+    return first
+
+
+def _pair_table(win: pd.DataFrame, requests: Requests, uindex: pd.Index, catalog: Catalog, ds: Dataset,
+                tasks: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Sorted unique pair keys ``row * (N + 1) + item`` of the window's rows (items engaged before the window
+    left out), with per pair the max label per task (P, T) and the truth probability (P, T) or None."""
+    n = catalog.n_items
+    r = uindex.get_indexer(win[catalog.user_col].to_numpy())
+    i = catalog.items.encode(win[catalog.item_col].to_numpy())
+    ok = (r >= 0) & (i < n)
+    keys = r[ok].astype(np.int64) * (n + 1) + i[ok]
+    hist = requests.history
+    hkeys = np.repeat(np.arange(len(hist), dtype=np.int64), hist.lengths()) * (n + 1) + hist.values
+    fresh = ~np.isin(keys, hkeys)
+    ok_idx = np.flatnonzero(ok)[fresh]
+    keys = keys[fresh]
+    frame = {"key": keys}
+    for j, t in enumerate(tasks):
+        frame[f"y{j}"] = (win[t].to_numpy()[ok_idx] > 0).astype(np.int8)
+    cols = ds.schema.tables["interactions"].columns
+    truth_cols = {j: f"p_{t}" for j, t in enumerate(tasks)
+                  if f"p_{t}" in win.columns and f"p_{t}" in cols and cols[f"p_{t}"].role is Role.TRUTH}
+    for j, c in truth_cols.items():
+        p = np.clip(win[c].to_numpy(dtype=np.float64)[ok_idx], 0.0, 1.0)
+        frame[f"l{j}"] = np.log1p(-np.minimum(p, 1.0 - 1e-12))  # log(1 - p); sum over the pair's impressions
+    g = pd.DataFrame(frame).groupby("key", sort=True)
+    agg = g.agg({**{f"y{j}": "max" for j in range(len(tasks))}, **{f"l{j}": "sum" for j in truth_cols}})
+    pkeys = agg.index.to_numpy(np.int64)
+    plab = np.stack([agg[f"y{j}"].to_numpy(np.int8) for j in range(len(tasks))], axis=1) if tasks else \
+        np.zeros((len(pkeys), 0), np.int8)
+    ptruth = None
+    if truth_cols:
+        ptruth = np.full((len(pkeys), len(tasks)), np.nan)
+        for j in truth_cols:
+            ptruth[:, j] = -np.expm1(agg[f"l{j}"].to_numpy(np.float64))  # 1 - prod(1 - p)
+    return pkeys, plab, ptruth
+
+
+def _lookup_index(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Position of each ``query`` key in the sorted unique ``keys`` (-1 where absent)."""
+    out = np.full(query.shape, -1, dtype=np.int64)
+    if len(keys) == 0:
+        return out
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    hit = keys[pos] == query
+    out[hit] = pos[hit]
+    return out
+
+
+def _funnel(retrieval, prerank, req: Requests, cfg: RankConfig, k: int) -> Candidates:
+    """The candidates the engine would hand the stage: retrieve, pre-rank, keep the best ``k``."""
+    cands = retrieval.retrieve(req, max(cfg.retrieve_k, k) if k > 0 else 1)  # k = 0: only the sources' names
+    b, c = cands.items.shape
+    if prerank is not None and k > 0:
+        cols = top_columns(np.asarray(prerank.score(req, cands)["score"], dtype=np.float64), cands.items, k)
+    else:  # retrieval order (k = 0: no funnel candidates)
+        cols = np.broadcast_to(np.arange(min(k, c)), (b, min(k, c)))
+        cols = np.where(np.take_along_axis(cands.items, cols, axis=1) >= 0, cols, -1)
+    return select_columns(cands, cols)
+
+
+def build_rank_rows(
+    ds: Dataset,
+    catalog: Catalog,
+    retrieval,
+    prerank,
+    ctx: FeatureContext,
+    window_df: pd.DataFrame,
+    past_df: pd.DataFrame,
+    cfg: RankConfig,
+    tasks: Sequence[str],
+    names: Sequence[str],
+    max_users: int | None = None,
+) -> RankRows:
+    """The rows of ``window_df`` (see the module docstring) with features ``names`` and labels ``tasks``.
+
+    ``retrieval``: anything with ``retrieve(requests, k) -> Candidates`` (the fitted RetrievalStage); ``prerank``
+    a ScoringStage or None; ``past_df`` the interactions before the window (histories). ``max_users``
+    overrides ``cfg.max_train_users`` (0: every user).
+    """
+    ucol, icol, tcol = catalog.user_col, catalog.item_col, catalog.time_col
+    label = ds.schema.positive_label
+    tasks, names = list(tasks), list(names)
+    for what, df, need in (("window_df", window_df, [ucol, icol, tcol, *tasks]),
+                           ("past_df", past_df, [ucol, icol, tcol, label])):
+        missing = [c for c in dict.fromkeys(need) if c not in df.columns]
+        if missing:
+            raise ValueError(f"build_rank_rows: {what} lacks column(s) {missing}; columns: {list(df.columns)}")
+    mode = cfg.examples.resolve(bool(ds.schema.has_impressions))
+    impressions = mode in (Examples.IMPRESSIONS, Examples.BOTH)
+    k_funnel = cfg.candidates_k if mode in (Examples.FUNNEL, Examples.BOTH) else 0
+    n = catalog.n_items
+    win = window_df.iloc[np.argsort(window_df[tcol].to_numpy(), kind="stable")]
+    first = _first_events(win, ucol, cfg.max_train_users if max_users is None else max_users, cfg.seed)
+    user_ids = first[ucol].to_numpy()
+    if len(user_ids) == 0:
+        raise ValueError("build_rank_rows: the window has no rows")
+    context = {c: first[c].to_numpy() for c in ds.schema.context_columns if c in first.columns}
+    requests = catalog.requests(user_ids, first[tcol].to_numpy(np.int64), positives(past_df, label),
+                                exclude_seen=True, context=context)
+    uindex = pd.Index(user_ids)
+    pkeys, plab, ptruth = _pair_table(win, requests, uindex, catalog, ds, tasks)
+
+    blocks, reqs, cols, items, Xs, funnel = [], [], [], [], [], []
+    for start in range(0, len(requests), _CHUNK):
+        rows = np.arange(start, min(start + _CHUNK, len(requests)))
+        req = requests.take(rows)
+        cands = _funnel(retrieval, prerank, req, cfg, k_funnel)
+        n_funnel = cands.items.shape[1]
+        if impressions:
+            sel = (pkeys >= rows[0] * (n + 1)) & (pkeys < (rows[-1] + 1) * (n + 1))
+            er, ei = pkeys[sel] // (n + 1) - rows[0], pkeys[sel] % (n + 1)
+            in_cands = np.isin(er * (n + 1) + ei, (np.arange(len(rows))[:, None] * (n + 1) + cands.items).ravel())
+            er, ei = er[~in_cands], ei[~in_cands]
+            cnt = np.bincount(er, minlength=len(rows))
+            cands = _append_extras(cands, Ragged(np.r_[0, np.cumsum(cnt)], ei), req, retrieval)
+        feats = assemble(req, cands, ctx, names)  # (b, C, F)
+        valid = (cands.items >= 0) & (cands.items < n)
+        b_idx, c_idx = np.nonzero(valid)
+        blocks.append((int(start), cands))
+        reqs.append(rows[b_idx])
+        cols.append(c_idx)
+        items.append(cands.items[b_idx, c_idx])
+        Xs.append(feats[b_idx, c_idx])
+        funnel.append(c_idx < n_funnel)
+    req_all = np.concatenate(reqs).astype(np.int64)
+    item_all = np.concatenate(items).astype(np.int64)
+    idx = _lookup_index(pkeys, req_all * (n + 1) + item_all)
+    hit = idx >= 0
+    labels = np.zeros((len(req_all), len(tasks)), dtype=np.int8)
+    labels[hit] = plab[idx[hit]]
+    shown = hit & bool(ds.schema.has_impressions)
+    truth = None
+    if ptruth is not None:  # the truth of a logged impression (an engagement-only log has no impressions)
+        truth = np.full((len(req_all), len(tasks)), np.nan)
+        truth[shown] = ptruth[idx[shown]]
+    out = RankRows(requests, user_ids, blocks, req_all, np.concatenate(cols).astype(np.int64), item_all,
+                   np.concatenate(Xs).astype(np.float32, copy=False), labels, shown, np.concatenate(funnel), truth,
+                   names, tasks)
+    logger.info("heavy-ranker rows: %d users, %d rows (%d funnel candidates, %d shown in the window), "
+                "positives per task %s", len(user_ids), len(out), int(out.funnel.sum()), int(out.shown.sum()),
+                dict(zip(tasks, labels.sum(axis=0).tolist())))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------------------
+
+
+def default_features(ctx: FeatureContext) -> list[str]:
+    """Every feature :func:`recsys.features.assemble` offers with ``ctx`` except :data:`SOURCE_DEPENDENT`."""
+    return [f for f in available_features(ctx) if f not in SOURCE_DEPENDENT]
+
+
+def embedded_features(names: Sequence[str], ctx: FeatureContext, ds: Dataset) -> list[str]:
+    """The features fed through an embedding: CATEGORICAL ones, and ``ctx.`` / ``user.`` / ``item.`` features
+    whose dataset column is categorical although numerically coded (e.g. the hour of day)."""
+    kinds = {f.name: f.kind for f in resolve(names, ctx)}
+    sch = ds.schema
+
+    def schema_categorical(name: str) -> bool:
+        fam, _, column = name.partition(".")
+        table = {"ctx": "interactions", "user": "users", "item": "items"}.get(fam)
+        if table is None or table not in sch.tables or column not in sch.tables[table].columns:
+            return False
+        spec = sch.tables[table].columns[column]
+        return spec.kind is Kind.CATEGORICAL or spec.role is Role.CATEGORICAL
+
+    return [n for n in names if kinds[n] is FeatureKind.CATEGORICAL or schema_categorical(n)]
+
+
+def request_user_ids(requests: Requests, catalog: Catalog) -> np.ndarray:
+    """(B,) external user ids of the requests: ``requests.user_ids``, else the catalogue's id of each known user
+    index (None for unknown users)."""
+    if requests.user_ids is not None:
+        return np.asarray(requests.user_ids)
+    users = np.asarray(requests.users, dtype=np.int64)
+    out = np.full(len(users), None, dtype=object)
+    known = (users >= 0) & (users < catalog.n_users)
+    out[known] = catalog.users.ids[users[known]]
+    return out
+
+
+def _field_key(name: str) -> str:
+    return "f_" + name.replace(".", "__")  # nn.ModuleDict keys cannot contain "."
+
+
+@dataclasses.dataclass
+class InputEncoder:
+    """Assembled features (R, F) -> RankerNet inputs (see the module docstring).
+
+    names     the assembled feature names (``assemble`` column order)
+    embedded  names of the embedded features, in field order; ``levels`` their sorted float64 levels
+    dense     names of the dense features, in column order; ``mean`` / ``std`` (F_d,) float64
+    missing   dense features with a missing-indicator column (appended after the dense columns, in order)
+    users     with ``RankConfig.user_id``: Vocab of the external ids of the users with a training row (the
+              first categorical field; every other user, known to the catalogue or not, uses its OOV row);
+              None: no user field. External ids, so a serving catalogue with more users maps the same way.
+    """
+
+    names: list[str]
+    embedded: list[str]
+    levels: list[np.ndarray]
+    dense: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    missing: list[str]
+    n_items: int
+    history_len: int
+    users: Vocab | None
+
+    @classmethod
+    def fit(cls, X: np.ndarray, user_ids: np.ndarray, names: Sequence[str], embedded: Sequence[str], n_items: int,
+            history_len: int, use_user: bool) -> "InputEncoder":
+        """Levels, standardisation and (with ``use_user``) the user vocabulary from the training rows ``X``
+        (R, F) of external ``user_ids`` (R,)."""
+        names = list(names)
+        col = {n: j for j, n in enumerate(names)}
+        levels = []
+        for name in embedded:
+            v = X[:, col[name]].astype(np.float64)
+            levels.append(np.unique(v[np.isfinite(v)]))
+        dense = [n for n in names if n not in set(embedded)]
+        D = X[:, [col[n] for n in dense]].astype(np.float64) if dense else np.zeros((len(X), 0))
+        finite = np.isfinite(D)
+        cnt = finite.sum(axis=0)
+        mean = np.where(cnt > 0, np.where(finite, D, 0.0).sum(axis=0) / np.maximum(cnt, 1), 0.0)
+        var = np.where(finite, (D - mean) ** 2, 0.0).sum(axis=0) / np.maximum(cnt, 1)
+        std = np.sqrt(var)
+        std = np.where(std > 0, std, 1.0)
+        missing = [n for j, n in enumerate(dense) if not finite[:, j].all()]
+        users = Vocab(pd.unique(pd.Series(np.asarray(user_ids)).dropna())) if use_user else None
+        return cls(names, list(embedded), levels, dense, mean, std, missing, int(n_items), int(history_len), users)
+
+    @property
+    def cards(self) -> list[int]:
+        """Embedding rows per categorical field (the user, then the embedded features), OOV row included."""
+        return ([self.users.size] if self.users is not None else []) + [len(lv) + 1 for lv in self.levels]
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.dense) + len(self.missing)
+
+    def field_names(self) -> list[str]:
+        return (["user"] if self.users is not None else []) + [_field_key(n) for n in self.embedded]
+
+    def transform(self, X: np.ndarray, user_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(cat (R, U + E) int64, dense (R, F_d + M) float32) of rows ``X`` (R, F) of external ``user_ids`` (R,)
+        (None or None entries: unknown users); U = 1 with a user vocabulary (column 0), else 0."""
+        col = {n: j for j, n in enumerate(self.names)}
+        R = len(X)
+        u0 = int(self.users is not None)
+        cat = np.empty((R, u0 + len(self.embedded)), dtype=np.int64)
+        if self.users is not None:
+            cat[:, 0] = self.users.oov if user_ids is None else self.users.encode(np.asarray(user_ids))
+        for f, (name, lv) in enumerate(zip(self.embedded, self.levels)):
+            v = X[:, col[name]].astype(np.float64)
+            pos = np.minimum(np.searchsorted(lv, v), max(len(lv) - 1, 0))
+            hit = (lv[pos] == v) if len(lv) else np.zeros(R, bool)
+            cat[:, u0 + f] = np.where(hit, pos, len(lv))
+        D = X[:, [col[n] for n in self.dense]].astype(np.float64) if self.dense else np.zeros((R, 0))
+        nan = np.isnan(D)
+        z = np.clip((D - self.mean) / self.std, -5.0, 5.0)
+        z[nan] = 0.0
+        ind = [nan[:, self.dense.index(n)] for n in self.missing]
+        dense = np.concatenate([z, np.stack(ind, axis=1)], axis=1) if ind else z
+        return cat, dense.astype(np.float32)
+
+    def history(self, requests: Requests) -> np.ndarray:
+        """(B, max(L, 1)) int64 each request's last L engaged catalogue items, right-aligned, padded with N."""
+        b, L, n = len(requests), max(self.history_len, 1), self.n_items
+        h = requests.history
+        ok = (h.values >= 0) & (h.values < n)
+        rows = np.repeat(np.arange(b, dtype=np.int64), h.lengths())[ok]
+        known = Ragged(np.r_[0, np.cumsum(np.bincount(rows, minlength=b))], h.values[ok]).last(L)
+        out = np.full((b, L), n, dtype=np.int64)
+        lens = known.lengths()
+        r = np.repeat(np.arange(b), lens)
+        c = L - np.repeat(lens, lens) + (np.arange(len(known.values)) - np.repeat(known.indptr[:-1], lens))
+        out[r, c] = known.values
+        return out
+
+    def to_json(self) -> dict:
+        return {"names": self.names, "embedded": self.embedded, "levels": [lv.tolist() for lv in self.levels],
+                "dense": self.dense, "missing": self.missing, "n_items": self.n_items,
+                "history_len": self.history_len, "user_field": self.users is not None}
+
+    @classmethod
+    def from_json(cls, d: dict, mean: np.ndarray, std: np.ndarray, users: Vocab | None) -> "InputEncoder":
+        return cls(list(d["names"]), list(d["embedded"]), [np.asarray(lv, np.float64) for lv in d["levels"]],
+                   list(d["dense"]), mean, std, list(d["missing"]), int(d["n_items"]), int(d["history_len"]), users)
+
+
+def build_net(cfg: RankConfig, enc: InputEncoder, n_tasks: int) -> RankerNet:
+    """The RankerNet for ``enc``'s inputs, with ``n_tasks`` heads (embeddings ``N(0, EMB_INIT_STD^2)``)."""
+    emb: dict[str, nn.Embedding] = {}
+    for key, card in zip(enc.field_names(), enc.cards):
+        emb[key] = nn.Embedding(card, cfg.emb_dim)
+    emb["item"] = nn.Embedding(enc.n_items + 1, cfg.emb_dim)
+    for e in emb.values():
+        nn.init.normal_(e.weight, std=EMB_INIT_STD)
+    pool = TargetAttentionPooling(cfg.emb_dim, "din") if cfg.history_len > 0 else None
+    in_dim = ranker_input_dim(emb, enc.n_dense, pool is not None)
+    core = build_multitask(cfg.arch, in_dim, n_tasks, cfg.n_experts, cfg.expert_dims, cfg.tower_dims, cfg.dropout)
+    return RankerNet(emb, enc.n_dense, pool, core)
+
+
+def task_heads(core: nn.Module) -> list[nn.Linear]:
+    """The last ``nn.Linear`` (the logit layer) of each task's tower in a multi-task core of
+    :func:`recsys.rank.mmoe.build_multitask`."""
+    towers = getattr(core, "towers", None) or getattr(core, "models", None)
+    if towers is None:
+        raise TypeError(f"task_heads: {type(core).__name__} has neither towers nor models")
+    heads = []
+    for tower in towers:
+        linears = [m for m in tower.modules() if isinstance(m, nn.Linear)]
+        assert linears and linears[-1].out_features == 1, "a task tower ends in a Linear(., 1)"
+        heads.append(linears[-1])
+    return heads
+
+
+def init_head_biases(net: RankerNet, Y: np.ndarray, parents: Sequence[int | None]) -> np.ndarray:
+    """Start each head's logit bias at the training base rate of what it models: ``logit(mean y_t)`` for a
+    root task, ``logit(sum y_t / sum y_parent)`` for an ESMM child (its conditional), clipped to [1e-4, 1 - 1e-4].
+    Training then starts calibrated on average instead of at 0.5, which matters for rare labels under early
+    stopping (the heads' offsets would otherwise still be converging when the mean validation loss stops
+    improving). Returns the (T,) rates."""
+    Y = np.asarray(Y, dtype=np.float64)
+    rates = np.empty(Y.shape[1])
+    for t, p in enumerate(parents):
+        pos = Y[:, t].sum()
+        base = Y[:, p].sum() if p is not None else len(Y)
+        rates[t] = np.clip(pos / max(base, 1.0), 1e-4, 1.0 - 1e-4)
+    with torch.no_grad():
+        for head, r in zip(task_heads(net.core), rates):
+            head.bias.fill_(float(np.log(r / (1.0 - r))))
+    return rates
+
+
+class _RowsModel(nn.Module):
+    """Training/prediction adapter: rows carry their request index; the (G, L) history table is looked up
+    here instead of being copied per row. Only ``net`` holds parameters (the table is not persistent)."""
+
+    def __init__(self, net: RankerNet, hist: np.ndarray | None, n_items: int, oov_user: int = 0,
+                 user_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = net
+        self.n_items = n_items
+        self.oov_user = oov_user
+        self.user_dropout = user_dropout
+        self.register_buffer("hist", None if hist is None else torch.from_numpy(hist), persistent=False)
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor, req: torch.Tensor, item_idx: torch.Tensor,
+                return_gates: bool = False):
+        if self.training and self.user_dropout > 0:  # torch's global RNG, seeded by fit_multitask
+            drop = torch.rand(cat.shape[0]) < self.user_dropout
+            cat = cat.clone()
+            cat[drop, 0] = self.oov_user
+        h = None if self.hist is None else self.hist[req]
+        mask = None if h is None else h < self.n_items
+        return self.net(cat, dense, h, mask, item_idx, return_gates=return_gates)
+
+
+def recalibrate_multitask(p: np.ndarray, r: np.ndarray, w: float) -> np.ndarray:
+    """Undo negative downsampling of all-negative rows at rate ``w`` (see the module docstring):
+    ``q_t = p_t / (r + (1 - r) / w)`` for ``p (R, T)`` entire-space probabilities on the sampled distribution
+    and ``r (R,)`` the sampled probability that any task is positive. ``r = p_t`` gives He et al.'s
+    ``q = p / (p + (1 - p) / w)`` (ADKDD 2014, section 6.3)."""
+    if not 0.0 < w <= 1.0:
+        raise ValueError(f"negative sampling rate w must be in (0, 1], got {w!r}")
+    p = np.asarray(p, dtype=np.float64)
+    if w == 1.0:
+        return p.copy()
+    r = np.asarray(r, dtype=np.float64)
+    return p / (r + (1.0 - r) / w)[:, None]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The stage
+# ------------------------------------------------------------------------------------------------------------
+
+
+class RankStage:
+    """The heavy ranker as a :class:`recsys.engine.ScoringStage` (``name`` = "rank")."""
+
+    name = "rank"
+
+    def __init__(self) -> None:
+        self.cfg: RankConfig | None = None
+        self.ctx: FeatureContext | None = None
+        self.enc: InputEncoder | None = None
+        self.net: RankerNet | None = None
+        self.tasks: list[str] = []  # the exposed tasks (p_<task> outputs), in order
+        self.model_tasks: list[str] = []  # the network's heads: tasks, then possibly ANY_TASK
+        self.parents: list[int | None] = []  # ESMM parent of each head
+        self.any_index: int | None = None  # head whose probability is P_s(any task positive)
+        self.w: float = 1.0
+        self.skipped: list[str] = []
+        self.valid_metrics: dict = {}
+        self.fit_history: FitHistory | None = None
+        self._net64: tuple[RankerNet, RankerNet] | None = None  # (the float32 net it copies, float64 copy)
+
+    # ---------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        ds: Dataset,
+        catalog: Catalog,
+        retrieval,
+        prerank,
+        ctx: FeatureContext,
+        window_df: pd.DataFrame,
+        past_df: pd.DataFrame,
+        cfg: RankConfig,
+    ) -> "RankStage":
+        """Train on ``window_df`` (the heavy ranker's window) with histories from ``past_df`` (everything before
+        it), on the candidates of ``retrieval`` pre-ranked by ``prerank`` (None: retrieval order) plus the
+        window's impressions; ``ctx`` must be fitted on a window before ``window_df``."""
+        if not isinstance(cfg, RankConfig):
+            raise TypeError(f"RankStage.fit: cfg must be a RankConfig, got {type(cfg).__name__}")
+        if ctx.graph_cfg != cfg.graph or ctx.params != cfg.feature_params:
+            raise ValueError("RankStage.fit: ctx was fitted with other graph / feature parameters than rank.graph / "
+                             "rank.feature_params; the serving snapshot refits the context from the config, so "
+                             "training on another one would skew the features")
+        tasks = resolve_tasks(ds, cfg.tasks)
+        names = list(cfg.features) or default_features(ctx)
+        embedded = embedded_features(names, ctx, ds)  # also checks the names (ValueError listing available ones)
+        if cfg.train.task_weights and len(cfg.train.task_weights) != len(tasks):
+            raise ConfigError(f"rank.train.task_weights: need one weight per task {tasks}, got "
+                              f"{list(cfg.train.task_weights)}")
+        rows = build_rank_rows(ds, catalog, retrieval, prerank, ctx, window_df, past_df, cfg, tasks, names)
+
+        # tasks with a signal
+        kept = [j for j in range(len(tasks)) if rows.labels[:, j].min() != rows.labels[:, j].max()]
+        self.skipped = [tasks[j] for j in range(len(tasks)) if j not in kept]
+        for t in self.skipped:
+            const = int(rows.labels[0, tasks.index(t)]) if len(rows) else 0
+            logger.warning("rank: task %r is skipped: its label is constant (%d) on all %d training rows of the "
+                           "window", t, const, len(rows))
+        if not kept:
+            raise ValueError(f"rank.tasks: every task's label is constant in the training window ({tasks}); "
+                             "nothing to learn")
+        tasks_k = [tasks[j] for j in kept]
+        value({t: np.zeros((1, 1)) for t in tasks_k}, cfg.value)  # a value model naming a missing task fails now
+        Y = rows.labels[:, kept].astype(np.float32)
+        parents: list[int | None] = [None] * len(tasks_k)
+        if cfg.esmm:
+            parents = detect_esmm_parents(window_df, tasks_k)
+            for j, p in enumerate(parents):
+                if p is not None:
+                    logger.info("rank: ESMM: %r is modelled as P(%s) * P(%s | %s)", tasks_k[j], tasks_k[p],
+                                tasks_k[j], tasks_k[p])
+        any_pos = Y.max(axis=1)
+        w = cfg.downsample_w
+        cover = next((j for j in range(len(tasks_k)) if np.array_equal(Y[:, j], any_pos)), None)
+        model_tasks, any_index = list(tasks_k), cover
+        if w < 1.0 and cover is None:
+            model_tasks.append(ANY_TASK)
+            parents.append(None)
+            Y = np.concatenate([Y, any_pos[:, None]], axis=1)
+            any_index = len(model_tasks) - 1
+            logger.info("rank: no task is positive exactly when any task is; an auxiliary head %r learns P(any) "
+                        "for the recalibration", ANY_TASK)
+        weights = tuple(cfg.train.task_weights[j] for j in kept) if cfg.train.task_weights else ()
+        if weights and len(model_tasks) > len(tasks_k):
+            weights = weights + (1.0,)
+        train_cfg = dataclasses.replace(cfg.train, task_weights=weights)
+
+        # user-level holdout, negative downsampling
+        G = len(rows.requests)
+        tr_groups, va_groups = split_groups(G, cfg.valid_fraction, cfg.seed)
+        is_valid = np.isin(rows.req, va_groups)
+        keep = downsample_negatives(any_pos.astype(np.int8), w, cfg.seed) if w < 1.0 else np.ones(len(rows), bool)
+        tr_rows = np.flatnonzero(~is_valid & keep)
+        va_rows = np.flatnonzero(is_valid & keep)
+        if len(va_rows) == 0:
+            logger.warning("rank: no validation users (valid_fraction=%s, %d users): early stopping monitors the "
+                           "training rows", cfg.valid_fraction, G)
+            va_rows = tr_rows
+
+        row_users = rows.user_ids[rows.req]  # external ids
+        enc = InputEncoder.fit(rows.X[~is_valid], row_users[~is_valid], names, embedded,
+                               catalog.n_items, cfg.history_len, cfg.user_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            net = build_net(cfg, enc, len(model_tasks))
+        users = row_users
+        cat, dense = enc.transform(rows.X, users)
+        hist = enc.history(rows.requests) if cfg.history_len > 0 else None
+        init_head_biases(net, Y[tr_rows], parents)
+        model = _RowsModel(net, hist, catalog.n_items, enc.users.oov if enc.users is not None else 0,
+                           cfg.user_dropout if enc.users is not None else 0.0)
+        tensors = {"cat": torch.from_numpy(cat), "dense": torch.from_numpy(dense), "req": torch.from_numpy(rows.req),
+                   "item_idx": torch.from_numpy(rows.item)}
+        yt = torch.from_numpy(Y)
+        take = lambda idx: {k: v[torch.from_numpy(idx)] for k, v in tensors.items()}  # noqa: E731
+        history = fit_multitask(model, take(tr_rows), yt[tr_rows], take(va_rows), yt[va_rows], train_cfg, parents)
+
+        self.cfg, self.ctx, self.enc, self.net = cfg, ctx, enc, net
+        self.tasks, self.model_tasks, self.parents, self.any_index, self.w = tasks_k, model_tasks, parents, any_index, w
+        self.fit_history = history
+        metrics = {
+            "users": int(G), "rows": int(len(rows)), "train_rows": int(len(tr_rows)),
+            "train_rows_before_downsampling": int((~is_valid).sum()), "valid_users": int(len(va_groups)),
+            "downsample_w": w, "tasks": tasks_k, "skipped_tasks": self.skipped,
+            "esmm_parents": {tasks_k[j]: tasks_k[p] for j, p in enumerate(parents[: len(tasks_k)]) if p is not None},
+            "recalibration": ("none" if w == 1.0 else f"cover task {tasks_k[cover]!r}" if cover is not None
+                              else f"auxiliary head {ANY_TASK!r}"),
+            "epochs": history.epochs, "best_epoch": history.best_epoch,
+            "best_valid_logloss": history.best_valid_logloss,
+            "positives": dict(zip(tasks_k, Y[:, : len(tasks_k)].sum(axis=0).astype(int).tolist())),
+            "dense_features": len(enc.dense), "missing_indicators": len(enc.missing),
+            "embedded_features": list(enc.embedded),
+        }
+        full_valid = np.flatnonzero(is_valid)  # the validation users' full (not downsampled) rows
+        if len(full_valid):
+            q, _ = self._predict(rows.X[full_valid], users[full_valid], rows.item[full_valid],
+                                 hist[rows.req[full_valid]] if hist is not None else None)
+            yv = rows.labels[full_valid][:, kept]
+            per_task = {}
+            for j, t in enumerate(tasks_k):
+                y = yv[:, j]
+                if 0 < y.sum() < len(y):
+                    per_task[t] = {"auc": auc(y, q[:, j]), "logloss": logloss(y, q[:, j]),
+                                   "calibration": float(q[:, j].sum() / y.sum())}
+            metrics["valid"] = per_task
+            y0 = yv[:, 0]
+            if 0 < y0.sum() < len(y0):
+                if prerank is not None:
+                    sub = _subset_rows(rows, full_valid)
+                    metrics["valid"][tasks_k[0]]["auc_prerank"] = score_auc(y0, sub.stage_scores(prerank))
+                ann = rows.source_scores("ann")[full_valid]
+                if np.isfinite(ann).any():
+                    metrics["valid"][tasks_k[0]]["auc_ann"] = score_auc(y0, ann)
+        self.valid_metrics = metrics
+        logger.info("heavy ranker: %s", metrics)
+        return self
+
+    # ---------------------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if self.net is None or self.enc is None or self.ctx is None:
+            raise RuntimeError("RankStage: call fit() or load() first")
+
+    def _scoring_net(self) -> RankerNet:
+        """A float64 copy of the network for scoring. BLAS picks different kernels for different batch sizes
+        (e.g. gemv for one row), which in float32 changes about one output in a thousand in its last bit; in
+        float64 the same differences are ~1e-16, far below the float32 rounding applied to the probabilities,
+        so a row's scores do not depend on the rows scored with it."""
+        if self._net64 is None or self._net64[0] is not self.net:
+            self._net64 = (self.net, copy.deepcopy(self.net).double().eval())
+        return self._net64[1]
+
+    def _predict(self, X: np.ndarray, user_ids: np.ndarray, items: np.ndarray, hist: np.ndarray | None):
+        """(q (R, T) recalibrated probabilities of the exposed tasks, p (R, T_model) raw head probabilities,
+        rounded to float32) of rows ``X`` (R, F), external ``user_ids`` (R,), catalogue ``items`` (R,) and
+        per-row history ``hist`` (R, L)."""
+        cat, dense = self.enc.transform(X, user_ids)
+        R = len(X)
+        model = _RowsModel(self._scoring_net(), hist, self.enc.n_items).eval()
+        tensors = {"cat": torch.from_numpy(cat), "dense": torch.from_numpy(dense.astype(np.float64)),
+                   "req": torch.arange(R, dtype=torch.int64), "item_idx": torch.from_numpy(np.asarray(items, np.int64))}
+        p = predict(model, tensors, _PREDICT_BATCH, self.parents).astype(np.float32).astype(np.float64)
+        r = p[:, self.any_index] if self.any_index is not None else np.ones(R)
+        q = recalibrate_multitask(p[:, : len(self.tasks)], r, self.w)
+        return q, p
+
+    def score(self, requests: Requests, candidates: Candidates) -> dict[str, np.ndarray]:
+        """{"score": value (B, C), "p_<task>": recalibrated probability (B, C) per task}, float64; ``-inf``
+        (score) and NaN (probabilities) at padding."""
+        self._check_fitted()
+        items = np.asarray(candidates.items)
+        B, C = items.shape
+        out = {"score": np.full((B, C), -np.inf)}
+        probs = {t: np.full((B, C), np.nan) for t in self.tasks}
+        valid = (items >= 0) & (items < self.enc.n_items)
+        if valid.any():
+            x = assemble(requests, candidates, self.ctx, self.enc.names)  # (B, C, F)
+            b, c = np.nonzero(valid)
+            users = request_user_ids(requests, self.ctx.catalog)
+            hist = self.enc.history(requests)[b] if self.enc.history_len > 0 else None
+            q, _ = self._predict(x[b, c], users[b], items[b, c], hist)
+            for j, t in enumerate(self.tasks):
+                probs[t][b, c] = q[:, j]
+            out["score"][b, c] = value({t: q[:, j] for j, t in enumerate(self.tasks)}, self.cfg.value)
+        out.update({f"p_{t}": v for t, v in probs.items()})
+        return out
+
+    def predict_rows(self, rows: RankRows) -> tuple[np.ndarray, np.ndarray]:
+        """(q (R, T), p (R, T_model)) for rows built by :func:`build_rank_rows` with this stage's features."""
+        self._check_fitted()
+        if rows.names != self.enc.names:
+            raise ValueError(f"predict_rows: the rows' features {rows.names} differ from the model's {self.enc.names}")
+        users = rows.user_ids[rows.req]
+        hist = self.enc.history(rows.requests)[rows.req] if self.enc.history_len > 0 else None
+        return self._predict(rows.X, users, rows.item, hist)
+
+    # ---------------------------------------------------------------------------------------------------
+    def calibration(
+        self,
+        ds: Dataset,
+        catalog: Catalog,
+        retrieval,
+        prerank,
+        ctx: FeatureContext | None,
+        window_df: pd.DataFrame,
+        past_df: pd.DataFrame,
+        n_bins: int = 10,
+    ) -> dict[str, dict]:
+        """Probability quality per task on the full (not downsampled) distribution of a window.
+
+        Rows: :func:`build_rank_rows` for every user of the window, restricted to the logged impressions on a
+        dataset with impressions (the pairs shown in the window), else the pre-ranked candidates. Per task:
+        :func:`offline_eval.calibration.calibration_report` of the recalibrated probabilities (``logloss``,
+        ``ne``, ``auc``, ``calibration`` = sum q / sum y, ``ece``, ``base_rate``, ``n``), plus ``logloss_raw`` and
+        ``calibration_raw`` (the heads' probabilities before recalibration), ``w``, ``mean_p``, the reliability table
+        (``reliability``: lists ``lower, upper, count, mean_p, mean_y``; :func:`reliability_tables`), and with
+        truth columns (synthetic worlds) ``mae_truth`` / ``mae_truth_raw``: mean ``|q - truth|`` /
+        ``|p_raw - truth|`` and ``mean_truth`` over the rows with a truth value. ``ctx`` None: the stage's
+        own feature context (the one scoring uses).
+        """
+        self._check_fitted()
+        if ctx is None:
+            ctx = self.ctx
+        on = Examples.IMPRESSIONS if ds.schema.has_impressions else Examples.FUNNEL
+        rows = build_rank_rows(ds, catalog, retrieval, prerank, ctx, window_df, past_df,
+                               dataclasses.replace(self.cfg, examples=on), self.tasks, self.enc.names, max_users=0)
+        sel = np.flatnonzero(rows.shown) if on is Examples.IMPRESSIONS else np.arange(len(rows))
+        if len(sel) == 0:
+            raise ValueError("RankStage.calibration: the window has no row to evaluate")
+        q, p = self.predict_rows(_subset_rows(rows, sel))
+        out: dict[str, dict] = {}
+        for j, t in enumerate(self.tasks):
+            y = rows.labels[sel, j]
+            rep = calibration_report(y, np.clip(q[:, j], 0.0, 1.0), None, n_bins)
+            rep["logloss_raw"] = logloss(y, np.clip(p[:, j], 0.0, 1.0))
+            rep["calibration_raw"] = float(p[:, j].sum() / y.sum()) if y.sum() > 0 else None
+            rep["w"] = self.w
+            rep["mean_p"] = float(q[:, j].mean())
+            _, table = expected_calibration_error(y, np.clip(q[:, j], 0.0, 1.0), n_bins=n_bins)
+            rep["reliability"] = {k: np.asarray(v).tolist() for k, v in table.items()}
+            if rows.truth is not None:
+                tr = rows.truth[sel, j]
+                ok = np.isfinite(tr)
+                if ok.any():
+                    rep["mae_truth"] = float(np.abs(q[ok, j] - tr[ok]).mean())
+                    rep["mae_truth_raw"] = float(np.abs(p[ok, j] - tr[ok]).mean())
+                    rep["mean_truth"] = float(tr[ok].mean())
+            out[t] = rep
+        return out
+
+    # ---------------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """Write the stage into ``folder`` (created); see the module docstring for the layout."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().clone() for k, v in self.net.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        np.save(folder / "dense_mean.npy", self.enc.mean.astype(np.float64), allow_pickle=False)
+        np.save(folder / "dense_std.npy", self.enc.std.astype(np.float64), allow_pickle=False)
+        if self.enc.users is not None:
+            self.enc.users.save(folder / "user_vocab.parquet")
+        write_json(folder / "rank.json", {
+            "format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "tasks": self.tasks,
+            "model_tasks": self.model_tasks, "parents": self.parents, "any_index": self.any_index, "w": self.w,
+            "skipped_tasks": self.skipped, "inputs": self.enc.to_json(), "valid_metrics": self.valid_metrics,
+        })
+        self.ctx.save(folder / "features")
+
+    @classmethod
+    def load(cls, folder: str | Path, catalog: Catalog) -> "RankStage":
+        """Rebuild a saved stage for ``catalog`` (no pickle: JSON, .npy and safetensors)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_path = folder / "rank.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not found; not a saved heavy ranker")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        cfg = from_dict(RankConfig, meta["config"], prefix=f"{meta_path}: config")
+        inputs = meta["inputs"]
+        if inputs["n_items"] != catalog.n_items:
+            raise ValueError(f"{meta_path}: trained for {inputs['n_items']} items, but the catalogue has "
+                             f"{catalog.n_items} items")
+        mean = np.load(folder / "dense_mean.npy", allow_pickle=False)
+        std = np.load(folder / "dense_std.npy", allow_pickle=False)
+        users = Vocab.load(folder / "user_vocab.parquet") if inputs["user_field"] else None
+        enc = InputEncoder.from_json(inputs, mean, std, users)
+        if mean.shape != (len(enc.dense),) or std.shape != (len(enc.dense),):
+            raise ValueError(f"{folder}: dense_mean / dense_std have shapes {mean.shape} / {std.shape}, expected "
+                             f"({len(enc.dense)},)")
+        ctx = FeatureContext.load(folder / "features", catalog)
+        try:
+            resolve(enc.names, ctx)
+        except ValueError as exc:
+            raise ValueError(f"{meta_path}: the model was trained on features the registry does not provide "
+                             f"({exc})") from None
+        self = cls()
+        with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten; keep the caller's RNG
+            net = build_net(cfg, enc, len(meta["model_tasks"]))
+        net.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        net.eval()
+        self.cfg, self.ctx, self.enc, self.net = cfg, ctx, enc, net
+        self.tasks, self.model_tasks = list(meta["tasks"]), list(meta["model_tasks"])
+        self.parents = [None if p is None else int(p) for p in meta["parents"]]
+        self.any_index = None if meta["any_index"] is None else int(meta["any_index"])
+        self.w, self.skipped = float(meta["w"]), list(meta.get("skipped_tasks", []))
+        self.valid_metrics = meta.get("valid_metrics", {})
+        return self
+
+
+def score_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUC of any score (not only probabilities): NaN / -inf (e.g. a candidate a source did not return) rank
+    below every finite score; ties count 1/2 (:func:`offline_eval.calibration.auc` of the normalised ranks)."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(s, dtype=np.float64)
+    fin = np.isfinite(s)
+    low = (s[fin].min() - 1.0) if fin.any() else 0.0
+    r = rankdata(np.where(fin, s, low), method="average")
+    return auc(y, r / len(r))
+
+
+def _subset_rows(rows: RankRows, sel: np.ndarray) -> RankRows:
+    """The rows ``sel`` (R',) of ``rows`` (same requests and blocks)."""
+    return dataclasses.replace(
+        rows, req=rows.req[sel], col=rows.col[sel], item=rows.item[sel], X=rows.X[sel], labels=rows.labels[sel],
+        shown=rows.shown[sel], funnel=rows.funnel[sel], truth=None if rows.truth is None else rows.truth[sel])
+
+
+def reliability_tables(reports: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
+    """{task: bin table as arrays} from :meth:`RankStage.calibration`'s reports, for
+    :func:`offline_eval.calibration.reliability_diagram`."""
+    return {t: {k: np.asarray(v) for k, v in rep["reliability"].items()} for t, rep in reports.items()}
+
+
+def fit_on_split(ds: Dataset, catalog: Catalog, retrieval, prerank, ctx: FeatureContext | None, split,
+                 cfg: RankConfig) -> RankStage:
+    """Fit the heavy ranker on its own window (:func:`recsys.training.stage_windows`: the third of four or more),
+    histories from everything before it, on ``retrieval``'s candidates pre-ranked by ``prerank`` (None:
+    retrieval order). ``ctx`` None: the pre-ranker's feature context when it was fitted with ``cfg.graph`` and
+    ``cfg.feature_params``, else one fitted with them on the retrieval window (never on the ranker's window, so
+    no label leaks into a feature)."""
+    from recsys.training import stage_windows
+
+    windows = stage_windows(split)
+    if "rank" not in windows:
+        raise ConfigError(f"split.windows: the heavy ranker needs its own window (4 or more windows: train, "
+                          f"prerank, rank, test), got {split.names}")
+    if ctx is None:
+        pre = getattr(prerank, "ctx", None)
+        same = pre is not None and pre.graph_cfg == cfg.graph and pre.params == cfg.feature_params
+        ctx = pre if same else FeatureContext.fit(ds, catalog, split[windows["retrieval"]], cfg.graph,
+                                                  cfg.feature_params)
+    return RankStage().fit(ds, catalog, retrieval, prerank, ctx, split[windows["rank"]],
+                           split.before(windows["rank"]), cfg)
+
+
+__all__ = ["ANY_TASK", "SOURCE_DEPENDENT", "Examples", "InputEncoder", "RankConfig", "RankRows", "RankStage",
+           "binary_labels", "build_net", "build_rank_rows", "default_features", "detect_esmm_parents",
+           "embedded_features", "fit_on_split", "init_head_biases", "recalibrate_multitask", "reliability_tables",
+           "request_user_ids", "resolve_tasks", "score_auc", "task_heads"]
