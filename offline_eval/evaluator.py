@@ -622,7 +622,13 @@ def _comparisons(evals: Mapping[str, SystemEval], baseline_names: Sequence[str],
         pairs += [(n, best) for n in evals if n != best]
     if "engine" in evals:
         pairs += [("engine", n) for n in evals if n != "engine" and ("engine", n) not in pairs]
-    return [compare(evals[a], evals[b], PRIMARY_METRIC, cfg.bootstrap_samples, cfg.seed) for a, b in pairs]
+    out = [compare(evals[a], evals[b], PRIMARY_METRIC, cfg.bootstrap_samples, cfg.seed) for a, b in pairs]
+    true_metric = f"true_ndcg@{TRUE_VALUE_K}"
+    if "engine" in evals and true_metric in evals["engine"].per_user:
+        # synthetic worlds: the same comparisons of the engine on the exposure-free true-value metric
+        out += [compare(evals[a], evals[b], true_metric, cfg.bootstrap_samples, cfg.seed)
+                for a, b in pairs if a == "engine"]
+    return out
 
 
 def eval_window(split: Split, window: str = "test") -> str:

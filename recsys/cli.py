@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "recsys.commands.evaluate",
     "recsys.commands.experiment",
     "recsys.commands.metrics",
+    "recsys.commands.serve",
 ]
 
 logger = logging.getLogger("recsys")

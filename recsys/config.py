@@ -27,6 +27,7 @@ from recsys.configlib import (  # noqa: F401  (re-exported)
 from recsys.prerank.stage import PrerankConfig  # noqa: E402
 from recsys.rank.stage import RankConfig  # noqa: E402
 from recsys.retrieval.config import RetrievalConfig  # noqa: E402
+from serving.config import ServingConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Config:
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

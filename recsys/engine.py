@@ -121,7 +121,8 @@ class Engine:
         stage runs within its budget: a scoring stage that would overrun (budget already spent) or does
         overrun (still running at its budget) is dropped and the upstream order is returned, with
         ``"<stage>:deadline"`` / ``"<stage>:timeout"`` in every request's ``degraded`` list; if retrieval itself
-        cannot finish within the whole budget, :class:`DeadlineExceeded` is raised (the service answers 504).
+        cannot finish within its share of the budget (``Deadline.budget("retrieval")``), nothing can be returned
+        and :class:`DeadlineExceeded` is raised (the service answers 504).
         Without a deadline everything runs inline, exactly as the offline evaluator calls it.
         """
         if k < 1:

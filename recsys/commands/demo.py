@@ -102,13 +102,13 @@ def format_calibration(cal: dict) -> str:
 
 
 def format_comparisons(result: dict) -> str:
-    """Paired bootstrap of the engine against every other system (ndcg@10)."""
-    lines = ["engine vs each system, ndcg@10 (paired bootstrap, 95% CI of the difference):", "",
-             "| vs | diff | 95% CI | p |", "|---|---:|---|---:|"]
+    """Paired bootstrap of the engine against every other system (ndcg@10, and true_ndcg@10 when known)."""
+    lines = ["engine vs each system (paired bootstrap over test users, 95% CI of the difference):", "",
+             "| vs | metric | diff | 95% CI | p |", "|---|---|---:|---|---:|"]
     for c in result.get("comparisons", []):
         if c["a"] == "engine":
-            lines.append(f"| {c['b']} | {c['mean_diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
-                         f"{c['p_value']:.3f} |")
+            lines.append(f"| {c['b']} | {c['metric']} | {c['mean_diff']:+.4f} | "
+                         f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_value']:.3f} |")
     return "\n".join(lines)
 
 

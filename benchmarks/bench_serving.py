@@ -1,0 +1,306 @@
+"""Serving load test: a closed-loop HTTP client against ``recsys serve`` vs ``Engine.rank`` in-process.
+
+The server runs as a subprocess (``python -m recsys.cli serve``) on a loopback port; the client keeps N
+connections busy (each sends its next request when the previous answer arrived: closed loop) for a fixed
+duration per concurrency, over raw HTTP/1.1 keep-alive sockets (asyncio streams: little client overhead).
+Then, in this process with the server idle, the same request bodies go through ``Engine.rank`` directly
+(encoded once, the same ``Deadline`` as the server uses) with N threads, closed loop as well. The difference
+of the two latencies is the cost of the HTTP layer (parsing, validation, admission, thread hop, JSON).
+
+    .venv/bin/python benchmarks/bench_serving.py [--bundle artifacts/demo] [--concurrency 1,4,8]
+                                                  [--duration 5] [--k 10]
+
+Without ``--bundle`` a tiny bundle is trained in a temporary folder (a few seconds). Prints one JSON object:
+machine, bundle, settings, per concurrency the HTTP and in-process throughput (requests/s), p50/p95/p99/mean
+latency (ms), errors by status and the share of answers with a stage dropped for the deadline, and the HTTP
+overhead (p50 and p99 differences, throughput ratio).
+Client and server share this machine's cores: on a 2-core machine the client's own CPU time is part of the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import fastapi
+    import torch
+    import uvicorn
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "numpy": np.__version__, "torch": torch.__version__,
+            "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}
+
+
+def tiny_bundle(tmp: Path) -> Path:
+    from recsys.config import load_config
+    from recsys.data.schema import read_dataset
+    from recsys.data.synthetic import synthesize
+    from recsys.training import train_engine
+
+    synthesize("tiny", 0, tmp / "data")
+    cfg = load_config(None, ["retrieval.two_tower.max_epochs=2", "prerank.ablate_graph=false"])
+    train_engine(read_dataset(tmp / "data"), cfg, tmp / "art")
+    return tmp / "art"
+
+
+def request_bodies(engine, n: int, k: int, seed: int) -> list[dict]:
+    """``n`` requests: 90% known users with 0-20 random history items, 10% unknown users (cold start)."""
+    rng = np.random.default_rng(seed)
+    users, items = engine.catalog.users.ids, engine.catalog.items.ids
+    out = []
+    for i in range(n):
+        if rng.random() < 0.1 or len(users) == 0:
+            body = {"user_id": f"bench-new-{i}", "k": k}
+        else:
+            hist = items[rng.integers(0, len(items), size=int(rng.integers(0, 21)))].tolist()
+            body = {"user_id": users[rng.integers(0, len(users))].item(), "k": k, "history": hist}
+        body["timestamp"] = 1_720_000_000
+        out.append(body)
+    return out
+
+
+def summarize(lat_s: list[float], statuses: dict, degraded: int, seconds: float) -> dict:
+    """``degraded``: answers with a stage dropped for the deadline (cold starts are not counted)."""
+    lat = np.asarray(lat_s) * 1000
+    n = int(len(lat))
+    ok = int(statuses.get(200, 0))
+    return {
+        "requests": n,
+        "throughput_rps": round(n / seconds, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3) if n else None,
+        "p95_ms": round(float(np.percentile(lat, 95)), 3) if n else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 3) if n else None,
+        "mean_ms": round(float(lat.mean()), 3) if n else None,
+        "errors": {str(s): c for s, c in sorted(statuses.items()) if s != 200},
+        "deadline_degraded_share": round(degraded / ok, 4) if ok else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# HTTP client (raw HTTP/1.1 keep-alive over asyncio streams)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def http_request(port: int, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+async def _exchange(reader, writer, req: bytes) -> tuple[int, bytes]:
+    writer.write(req)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = 0
+    for line in lines[1:]:
+        if line.lower().startswith("content-length:"):
+            length = int(line.split(":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
+async def _http_level(port: int, reqs: list[bytes], concurrency: int, warmup_s: float, duration_s: float) -> dict:
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    degraded = 0
+    t_start = time.perf_counter()
+    t_measure, t_end = t_start + warmup_s, t_start + warmup_s + duration_s
+
+    async def worker(w: int) -> None:
+        nonlocal degraded
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = w
+        try:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    return
+                status, body = await _exchange(reader, writer, reqs[i % len(reqs)])
+                t1 = time.perf_counter()
+                i += concurrency
+                if t0 >= t_measure:
+                    lat.append(t1 - t0)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status == 200 and (b':deadline"' in body or b':timeout"' in body):
+                        degraded += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return summarize(lat, statuses, degraded, duration_s)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# In-process: Engine.rank on the same requests
+# ------------------------------------------------------------------------------------------------------------
+
+
+def in_process_level(engine, encoded: list, k: int, budget_s: float, shares: dict, concurrency: int,
+                     warmup_s: float, duration_s: float) -> dict:
+    from recsys.engine import Deadline
+
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    degraded = 0
+    lock = threading.Lock()
+    t_start = time.perf_counter()
+    t_measure, t_end = t_start + warmup_s, t_start + warmup_s + duration_s
+
+    def worker(w: int) -> None:
+        nonlocal degraded
+        i = w
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            try:
+                res = engine.rank(encoded[i % len(encoded)], k, deadline=Deadline(budget_s, shares, start=t0))
+                status, deg = 200, any(":" in d for d in res.degraded[0])
+            except Exception:  # DeadlineExceeded counts as the server's 504
+                status, deg = 504, False
+            t1 = time.perf_counter()
+            i += concurrency
+            if t0 >= t_measure:
+                with lock:
+                    lat.append(t1 - t0)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    degraded += deg
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summarize(lat, statuses, degraded, duration_s)
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def start_server(bundle: Path, port: int, overrides: list[str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "recsys.cli", "-q", "serve", "--bundle", str(bundle), "--port", str(port)]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"recsys serve exited: {log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() - t0 > 300:
+            proc.kill()
+            raise RuntimeError("recsys serve did not become ready in 300 s")
+        time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: train a tiny one)")
+    ap.add_argument("--concurrency", default="1,4,8", help="comma-separated closed-loop worker counts")
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per concurrency")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--requests", type=int, default=500, help="distinct request bodies (cycled)")
+    ap.add_argument("--budget-ms", type=float, default=None, help="serving.budget_ms (default: the config's)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+
+    import torch
+
+    from recsys.training import load_engine
+    from serving.config import ServingConfig
+    from serving.encode import build_requests
+    from serving.schemas import request_models
+    from serving.state import set_threads
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    bundle = args.bundle or tiny_bundle(tmp)
+    budget = {"budget_ms": args.budget_ms} if args.budget_ms else {}
+    cfg = ServingConfig(max_inflight=max(ServingConfig().max_inflight, max(levels)), **budget)
+    overrides = [f"serving.max_inflight={cfg.max_inflight}", f"serving.budget_ms={cfg.budget_ms}"]
+
+    set_threads(cfg.threads)
+    engine = load_engine(bundle)
+    bodies = request_bodies(engine, args.requests, args.k, args.seed)
+    model = request_models(cfg).RankRequest
+    encoded = [build_requests(engine.catalog, [model.model_validate(b)], 0).requests for b in bodies]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    proc = start_server(bundle, port, overrides, tmp / "serve.log")
+    startup_s = time.perf_counter() - t0
+    http: dict[str, dict] = {}
+    try:
+        reqs = [http_request(port, b) for b in bodies]
+        for c in levels:
+            http[str(c)] = asyncio.run(_http_level(port, reqs, c, args.warmup, args.duration))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    inproc = {str(c): in_process_level(engine, encoded, args.k, cfg.budget_ms / 1000, dict(cfg.stage_shares), c,
+                                       args.warmup, args.duration) for c in levels}
+    overhead = {
+        c: {"p50_ms": round(http[c]["p50_ms"] - inproc[c]["p50_ms"], 3),
+            "p99_ms": round(http[c]["p99_ms"] - inproc[c]["p99_ms"], 3),
+            "throughput_ratio": round(http[c]["throughput_rps"] / inproc[c]["throughput_rps"], 3)}
+        for c in http if http[c]["requests"] and inproc[c]["requests"]
+    }
+    out = {
+        "benchmark": "serving",
+        "machine": machine(),
+        "bundle": {"path": str(bundle), "version": engine.version, "stages": [s.name for s, _ in engine.stages],
+                   "retrieve_k": engine.retrieve_k, "n_items": engine.catalog.n_items,
+                   "n_users": engine.catalog.n_users},
+        "settings": {"concurrency": levels, "duration_s": args.duration, "warmup_s": args.warmup, "k": args.k,
+                     "distinct_requests": args.requests, "budget_ms": cfg.budget_ms,
+                     "max_inflight": cfg.max_inflight, "threads": cfg.threads,
+                     "torch_threads": torch.get_num_threads(), "server_startup_s": round(startup_s, 2)},
+        "http": http,
+        "in_process": inproc,
+        "http_overhead": overhead,
+    }
+    print(json.dumps(out, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)  # the tiny bundle (if trained) and the server log
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
