@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/recsys demo --out $(DEMO_DIR)
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/bench_synthetic.py

@@ -17,6 +17,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from recsys.bundle import Bundle, data_fingerprint, load_bundle, write_bundle
 from recsys.config import Config, ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog
@@ -218,3 +220,22 @@ def calibration_reports(systems: dict[str, Engine], ds: Dataset, split: Split) -
             if "reliability" in r:
                 bins[f"{name}/{task}"] = r["reliability"]
     return reports, bins
+
+
+def index_recall(engine: Engine, requests, ks: tuple[int, ...] = (100, 1000)) -> dict:
+    """The retrieval index's recall@k against exact inner-product search, on the users of ``requests``:
+    the ANN structure is forced (``exact=False``) even where serving would fall back to exhaustive search on
+    a small catalogue (``exact_fallback_in_serving``). Cold requests (no user vector) are skipped."""
+    retrieval = engine.retrieval
+    req = engine.encode(requests)
+    warm = np.flatnonzero(~retrieval.is_cold(req))
+    if not len(warm):
+        return {}
+    q = retrieval.user_vectors(req.take(warm))
+    index = retrieval.index
+    out = {"factory": index.factory, "n_items": index.ntotal, "queries": int(len(warm)),
+           "exact_fallback_in_serving": bool(index.ntotal <= 16384)}
+    for k in ks:
+        if k <= index.ntotal:
+            out[f"recall@{k}_vs_exact"] = index.recall_vs_exact(q, k)
+    return out

@@ -65,18 +65,27 @@ def build_systems(args: argparse.Namespace, ds, cfg) -> dict:
 
 
 def engine_extras(systems: dict, ds, cfg) -> tuple[dict, dict]:
-    """The heavy ranker's calibration on the test window: ``calibration`` (the engine, per task) and
-    ``calibration_by_system`` (every system with a heavy ranker), plus the reliability bins."""
+    """Report sections only an engine has: the heavy ranker's calibration on the test window
+    (``calibration``: the engine, per task; ``calibration_by_system``: every system with a heavy ranker, plus
+    the reliability bins) and the retrieval index's recall against exact search (``retrieval_index``)."""
     from recsys.data.split import split_dataset
-    from recsys.training import calibration_reports
+    from recsys.training import calibration_reports, index_recall
 
     engines = {n: s for n, s in systems.items() if hasattr(s, "stages") and hasattr(s, "retrieval")}
     if not engines:
         return {}, {}
-    reports, bins = calibration_reports(engines, ds, split_dataset(ds, cfg.split))
+    split = split_dataset(ds, cfg.split)
+    reports, bins = calibration_reports(engines, ds, split)
     extra = {"calibration": reports.get("engine", {})}
     if reports:
         extra["calibration_by_system"] = reports
+    if "engine" in engines:
+        from offline_eval.evaluator import EvalData
+        from recsys.data.catalog import Catalog
+
+        last = split.names[-1]
+        data = EvalData.from_split(split, cfg.eval, Catalog.from_dataset(ds, train=split.before(last)), last)
+        extra["retrieval_index"] = index_recall(engines["engine"], data.requests)
     return extra, {k: v for k, v in bins.items() if k.startswith("engine/")}
 
 

@@ -1,0 +1,148 @@
+"""The Engine end to end on the tiny synthetic world: a bundle with all three stages round-trips, the
+retrieval-only engine equals the stage's own ranking, batched and single-user results are identical, the
+funnel narrows as configured, deadlines degrade instead of hanging, and a tampered bundle is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from offline_eval.evaluator import EvalData
+from recsys.bundle import BundleError
+from recsys.config import load_config
+from recsys.data.catalog import Catalog
+from recsys.data.schema import read_dataset
+from recsys.data.split import split_dataset
+from recsys.data.synthetic import synthesize
+from recsys.engine import Deadline, DeadlineExceeded
+from recsys.training import ablations, load_engine, train_engine
+
+OVERRIDES = [
+    "retrieval.two_tower.max_epochs=3",
+    "retrieval.two_tower.threads=1",
+    "rank.train.max_epochs=3",
+    "rank.ablate_arch=false",
+    "engine.retrieve_k=60",
+    "engine.prerank_k=30",
+    "engine.k=10",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("engine")
+    synthesize("tiny", 0, tmp / "data")
+    ds = read_dataset(tmp / "data")
+    cfg = load_config(None, OVERRIDES)
+    bundle = train_engine(ds, cfg, tmp / "art")
+    split = split_dataset(ds, cfg.split)
+    last = split.names[-1]
+    data = EvalData.from_split(split, cfg.eval, Catalog.from_dataset(ds, train=split.before(last)), last)
+    return tmp, ds, cfg, bundle, data
+
+
+def test_bundle_has_all_stages_and_round_trips(world):
+    tmp, ds, cfg, bundle, data = world
+    assert {"retrieval", "prerank", "rank"} <= set(bundle.stages)
+    a = load_engine(tmp / "art")  # parent folder -> latest
+    b = load_engine(bundle.path)
+    assert [s.name for s, _ in a.stages] == ["prerank", "rank"]
+    assert a.version == bundle.version
+    ra, rb = a.rank(data.requests, 10), b.rank(data.requests, 10)
+    np.testing.assert_array_equal(ra.items, rb.items)
+    np.testing.assert_array_equal(ra.scores, rb.scores)
+
+
+def test_funnel_narrows_as_configured(world):
+    tmp, ds, cfg, bundle, data = world
+    res = load_engine(bundle.path).rank(data.requests, 10)
+    assert res.stages["retrieval"].shape[1] == 60
+    assert res.stages["prerank"].shape[1] == 30
+    assert res.items.shape == (len(data.requests), 10)
+    for b in range(len(data.requests)):  # every returned item survived every upstream stage
+        got = res.items[b][res.items[b] >= 0]
+        assert np.isin(got, res.stages["prerank"][b]).all()
+        assert np.isin(got, res.stages["retrieval"][b]).all()
+        assert not np.isin(got, data.requests.exclude.row(b)).any()
+    assert {"p_click", "p_like", "prerank", "rank"} <= set(res.stage_scores)
+
+
+def test_retrieval_only_engine_equals_the_stage_ranking(world):
+    tmp, ds, cfg, bundle, data = world
+    engine = load_engine(bundle.path)
+    only = ablations(engine, bundle.path)["retrieval_only"]
+    req = engine.encode(data.requests)
+    a, b = only.rank(data.requests, 10), engine.retrieval.rank(req, 10)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_batched_and_single_user_results_are_identical(world):
+    tmp, ds, cfg, bundle, data = world
+    engine = load_engine(bundle.path)
+    batch = engine.rank(data.requests, 10)
+    for b in range(min(len(data.requests), 12)):
+        one = engine.rank(data.requests.take([b]), 10)
+        np.testing.assert_array_equal(one.items[0], batch.items[b])
+        # the same items in the same order; scores agree to float32 precision (BLAS may sum a batch of one
+        # in another order than a batch of many, which can flip the last bit of a float32 probability)
+        np.testing.assert_allclose(one.scores[0], batch.scores[b], rtol=1e-6, atol=0)
+        assert one.degraded[0] == batch.degraded[b]
+
+
+class _Slow:
+    def __init__(self, stage, seconds):
+        self.stage, self.seconds, self.name = stage, seconds, stage.name
+
+    def score(self, requests, cands):
+        time.sleep(self.seconds)
+        return self.stage.score(requests, cands)
+
+    def retrieve(self, requests, k):
+        time.sleep(self.seconds)
+        return self.stage.retrieve(requests, k)
+
+    def __getattr__(self, item):
+        return getattr(self.stage, item)
+
+
+def test_slow_heavy_ranker_degrades_to_the_prerank_order_within_budget(world):
+    tmp, ds, cfg, bundle, data = world
+    engine = load_engine(bundle.path)
+    req = data.requests.take([0])
+    ref = dataclasses.replace(engine, stages=engine.stages[:1]).rank(req, 10)  # pre-rank order
+    slow = dataclasses.replace(engine, stages=[engine.stages[0], (_Slow(engine.stages[1][0], 2.0), 10)])
+    t0 = time.perf_counter()
+    res = slow.rank(req, 10, deadline=Deadline(0.5, {"rank": 0.3}))
+    assert time.perf_counter() - t0 < 1.0
+    assert "rank:timeout" in res.degraded[0]
+    np.testing.assert_array_equal(res.items, ref.items)
+
+
+def test_slow_retrieval_raises_deadline_exceeded(world):
+    tmp, ds, cfg, bundle, data = world
+    engine = load_engine(bundle.path)
+    slow = dataclasses.replace(engine, retrieval=_Slow(engine.retrieval, 2.0))
+    t0 = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        slow.rank(data.requests.take([0]), 10, deadline=Deadline(0.3))
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_tampered_bundle_is_refused_by_name(world, tmp_path):
+    import shutil
+
+    tmp, ds, cfg, bundle, data = world
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.path, copy)
+    target = copy / "rank" / "model.safetensors"
+    raw = bytearray(target.read_bytes())
+    raw[-1] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"model.safetensors: sha256 does not match"):
+        load_engine(copy)
