@@ -252,7 +252,15 @@ class AnnIndex:
         if exact is None:
             exact = kk * _EXACT_FRACTION >= self.ntotal or self.ntotal <= _EXACT_BELOW
         index = self._exact_index() if (exact or kk >= self.ntotal) else self.index
-        scores, ids = index.search(q, kk)
+        hnsw = None if index is not self.index else getattr(faiss_downcast(index), "hnsw", None)
+        if hnsw is not None and hnsw.efSearch < kk:
+            # An HNSW beam narrower than k cannot return k good neighbours (measured: recall@1000 0.68 at
+            # efSearch 128); widen it for this call only (thread-safe: the index is not mutated).
+            import faiss
+
+            scores, ids = index.search(q, kk, params=faiss.SearchParametersHNSW(efSearch=kk))
+        else:
+            scores, ids = index.search(q, kk)
         ids = ids.astype(np.int64, copy=False)
         scores = scores.astype(np.float32, copy=False)
         scores[ids < 0] = np.nan
@@ -307,6 +315,12 @@ def _describe(index) -> str:
 
     idx = faiss.downcast_index(index)
     return type(idx).__name__
+
+
+def faiss_downcast(index):
+    import faiss
+
+    return faiss.downcast_index(index)
 
 
 def overlap_recall(got: np.ndarray, truth: np.ndarray) -> np.ndarray:
