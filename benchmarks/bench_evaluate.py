@@ -12,10 +12,14 @@ reported apart from the warm timing used for the speed-up.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
+
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,25 +27,7 @@ from pathlib import Path
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import numpy
-    import ray
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "numpy": numpy.__version__,
-        "ray": ray.__version__,
-    }
+    return shared_machine_info()
 
 
 def best_of(fn, repeats: int):

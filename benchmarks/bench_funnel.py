@@ -10,10 +10,15 @@ one batch (per-user cost when batched). Prints JSON.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
+
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -23,8 +28,7 @@ import numpy as np  # noqa: E402
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "numpy": np.__version__}
+    return shared_machine_info()
 
 
 def pct(ms: list[float]) -> dict:

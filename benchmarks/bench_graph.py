@@ -13,11 +13,16 @@ neighbours as :func:`recsys.graph.build_item_graph` does, so it has the shape of
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
+
 import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 
@@ -77,16 +82,7 @@ def timed(fn, *args, **kwargs):
 
 
 def machine() -> dict:
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_avg_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-    }
+    return shared_machine_info()
 
 
 def bench_build(n_items: int, n_users: int, per_user: int, seed: int) -> dict:

@@ -19,10 +19,14 @@ Prints one JSON object. Usage: ``python benchmarks/bench_metrics.py [--queries 1
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
+
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -104,25 +108,7 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
 
 
 def machine_info() -> dict:
-    info = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-    }
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info["load_average_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if var in os.environ:
-            info[var] = os.environ[var]
-    return info
+    return shared_machine_info()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,15 @@ Prints one JSON document (also written to ``--out``).
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
+
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,26 +37,7 @@ import numpy as np
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import lightgbm
-    import scipy
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "lightgbm": lightgbm.__version__,
-    }
+    return shared_machine_info()
 
 
 def pct(ms: list[float]) -> dict:

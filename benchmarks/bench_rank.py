@@ -21,12 +21,16 @@ and the batch throughput of ``score`` over all users at once. Prints one JSON do
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
+
 import argparse
 import dataclasses
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,27 +40,7 @@ import numpy as np
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import lightgbm
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "lightgbm": lightgbm.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
+    return shared_machine_info()
 
 
 def pct(ms: list[float]) -> dict:

@@ -19,11 +19,16 @@ Client and server share this machine's cores: on a 2-core machine the client's o
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
+
 import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -37,21 +42,7 @@ import numpy as np
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import fastapi
-    import torch
-    import uvicorn
-
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "numpy": np.__version__, "torch": torch.__version__,
-            "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}
+    return shared_machine_info()
 
 
 def tiny_bundle(tmp: Path) -> Path:
