@@ -2,13 +2,14 @@
 
 Windows (``split.windows`` in time order; see :mod:`recsys.data.split`):
 
-    train    -> retrieval (two-tower + FAISS, popularity), early-stopped on the next window
-    prerank  -> the pre-ranker, on the retrieval stage's candidates for this window (added by later stages)
-    rank     -> the heavy ranker, on the pre-ranker's candidates for this window (added by later stages)
+    train    -> retrieval (two-tower + FAISS, popularity, graph PPR), early-stopped on the next window
+    prerank  -> the pre-ranker, on the retrieval stage's candidates for this window
+    rank     -> the heavy ranker, on this window's impressions (or pre-ranked candidates on rating data)
     test     -> evaluation only, never touched here
 
-The catalogue's item vocabulary covers the whole dataset (the catalogue is known); its user vocabulary holds
-the users of the ``train`` window, so every later user is handled as the engine would handle a new user.
+The catalogue's item vocabulary covers the whole dataset (the catalogue is known); while the stages train,
+its user vocabulary holds the users of the ``train`` window. The bundle's serving snapshot is then refreshed
+(:func:`refresh_snapshot`): users of every window before the held-out one.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Routes (see ``/docs`` or ``/openapi.json`` of a running server):
 
-    POST /v1/rank          one request  -> ranked items, model_version, degraded, timings_ms (debug: per-stage
-                           scores and funnel sizes)
+    POST /v1/rank          one request  -> ranked items (each with its per-stage / per-task scores),
+                           model_version, degraded, timings_ms (debug: funnel sizes, id diagnostics)
     POST /v1/rank/batch    {"requests": [...]} -> {"responses": [...]}, one batched engine call
     GET  /healthz          the process is alive (200)
     GET  /readyz           200 when a bundle is loaded and warmed up, else 503

@@ -147,12 +147,10 @@ def build_responses(
         pos = pos[: r.k]
         ids = catalog.items.decode(row[pos]).tolist()
         scores = _finite(results.scores[b, pos].astype(np.float64))
-        if r.debug:
-            per_stage = {name: _finite(v[b, pos].astype(np.float64)) for name, v in results.stage_scores.items()}
-            items = [{"item_id": ids[j], "score": scores[j], "scores": {s: v[j] for s, v in per_stage.items()}}
-                     for j in range(len(ids))]
-        else:
-            items = [{"item_id": ids[j], "score": scores[j]} for j in range(len(ids))]
+        # every stage's and task's score of each returned item (e.g. prerank, rank, p_click, p_like, ann)
+        per_stage = {name: _finite(v[b, pos].astype(np.float64)) for name, v in results.stage_scores.items()}
+        items = [{"item_id": ids[j], "score": scores[j], "scores": {s: v[j] for s, v in per_stage.items()}}
+                 for j in range(len(ids))]
         resp = {
             "request_id": request_id,
             "user_id": r.user_id,

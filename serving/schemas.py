@@ -102,7 +102,7 @@ class RankedItem(BaseModel):
     item_id: int | str
     score: float | None = Field(description="the final stage's score (null when it has none)")
     scores: dict[str, float | None] | None = Field(
-        None, description="debug only: the score every stage / task gave the item")
+        None, description="the score every stage / task gave the item (e.g. prerank, rank, p_click, p_like)")
 
 
 class DebugInfo(BaseModel):
