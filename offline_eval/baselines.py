@@ -34,6 +34,8 @@ surprise's own ``predict``.
 
 from __future__ import annotations
 
+import abc
+
 import inspect
 import logging
 
@@ -177,7 +179,7 @@ def _positive_float(value, name: str, model: str) -> float:
 # base class
 
 
-class Baseline:
+class Baseline(abc.ABC):
     """A full-catalogue ranker: ``fit`` on training rows, ``score`` a batch, ``rank`` = top-k of the scores.
 
     Constructors only store parameters; ``fit`` sets the learned state (``self.n_items`` among it).
@@ -189,12 +191,13 @@ class Baseline:
         self.seed = int(seed)
         self.n_items: int | None = None
 
+    @abc.abstractmethod
     def fit(self, train: pd.DataFrame, catalog: Catalog, schema: DatasetSchema) -> "Baseline":
-        raise NotImplementedError
+        """Learn from the training rows (everything before the evaluated window)."""
 
+    @abc.abstractmethod
     def score(self, requests: Requests) -> np.ndarray:
         """(B, N) float64 scores over the whole catalogue; ``-inf`` = never recommend."""
-        raise NotImplementedError
 
     def rank(self, requests: Requests, k: int) -> Results:
         """Top ``k`` items per request (excluded items removed; -1 / NaN padding when fewer are eligible)."""
