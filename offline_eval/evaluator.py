@@ -516,6 +516,9 @@ def beyond_accuracy(top: np.ndarray, data: EvalData) -> dict[str, float]:
 # systems and comparisons
 
 
+ORACLE_FUNNEL_K = 1000
+
+
 class OracleSystem:
     """Ranks by the synthetic world's true expected value (:class:`recsys.data.synthetic.Oracle`).
 
@@ -542,8 +545,12 @@ class OracleSystem:
         return full
 
     def rank(self, requests: Requests, k: int) -> Results:
-        items, scores = top_k(self.value(requests), k, exclude=requests.exclude)
-        return Results(items=items, scores=scores)
+        """The top ``k`` by true value; ``stages["top1000"]`` holds the oracle's top 1000, so the report shows
+        the oracle's recall@1000 beside the engine's retrieval recall@1000 (the ceiling of a 1000-candidate
+        retrieval on this world)."""
+        wide = max(k, ORACLE_FUNNEL_K)
+        items, scores = top_k(self.value(requests), wide, exclude=requests.exclude)
+        return Results(items=items[:, :k], scores=scores[:, :k], stages={"top1000": items[:, :ORACLE_FUNNEL_K]})
 
 
 TRUE_VALUE_K = 10

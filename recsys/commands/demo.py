@@ -88,6 +88,9 @@ def format_funnel(result: dict) -> str:
              "|---|---:|---:|"]
     for stage, row in funnel.items():
         lines.append(f"| {stage} | {row.get('C', '')} | {row.get('recall', float('nan')):.4f} |")
+    oracle = result.get("funnel", {}).get("oracle", {}).get("top1000")
+    if oracle:
+        lines.append(f"| (oracle's top {oracle['C']}: the ceiling) | {oracle['C']} | {oracle['recall']:.4f} |")
     return "\n".join(lines)
 
 
