@@ -25,7 +25,7 @@ from recsys.configlib import (  # noqa: F401  (re-exported)
     to_dict,
 )
 from recsys.prerank.stage import PrerankConfig  # noqa: E402
-from recsys.rank.stage import RankConfig  # noqa: E402
+from recsys.rank.config import RankConfig  # noqa: E402
 from recsys.retrieval.config import RetrievalConfig  # noqa: E402
 from serving.config import ServingConfig  # noqa: E402
 

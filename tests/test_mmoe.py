@@ -473,3 +473,11 @@ def test_planted_world_mmoe_beats_shared_bottom_when_tasks_conflict():
     assert gap_mean >= 0.05, (gap_mean, conflict)
     assert gap_control <= gap_mean / 2, (gap_control, gap_mean, control)
     assert conflict["mmoe"].min() > 0.95  # MMoE solves both conflicting tasks
+
+
+def test_config_architecture_names_match_the_model_registry():
+    """recsys.rank.config validates `rank.arch` without importing torch; its list must stay the registry's."""
+    from recsys.rank.config import ARCHITECTURE_NAMES
+    from recsys.rank.mmoe import ARCHITECTURES
+
+    assert set(ARCHITECTURE_NAMES) == set(ARCHITECTURES)

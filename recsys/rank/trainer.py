@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from recsys.configlib import ConfigError
+from recsys.rank.config import TrainConfig  # noqa: F401  (re-exported)
 from recsys.rank.mmoe import multitask_loss, task_probabilities, validate_esmm_parent
 
 logger = logging.getLogger(__name__)
@@ -36,39 +37,6 @@ __all__ = ["FitHistory", "ModelFitError", "TrainConfig", "fit_multitask", "predi
 
 class ModelFitError(RuntimeError):
     """Training diverged (non-finite loss or weights)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Training settings of the heavy ranker.
-
-    ``lr`` Adam learning rate; ``weight_decay`` L2 penalty (Adam's ``weight_decay``); ``batch_size`` rows per
-    step; ``max_epochs`` upper bound on epochs; ``patience`` epochs without improvement of the validation
-    mean logloss before stopping; ``seed`` seeds initialisation-independent randomness of ``fit`` (shuffling,
-    dropout); ``threads`` torch intra-op threads during ``fit`` (restored afterwards); ``task_weights``
-    per-task loss weights (empty = all 1).
-    """
-
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 512
-    max_epochs: int = 20
-    patience: int = 3
-    seed: int = 0
-    threads: int = 1
-    task_weights: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"rank.train.lr: must be a positive finite number, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"rank.train.weight_decay: must be >= 0, got {self.weight_decay}")
-        for name in ("batch_size", "max_epochs", "patience", "threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"rank.train.{name}: must be >= 1, got {getattr(self, name)}")
-        if any(not (w >= 0 and math.isfinite(w)) for w in self.task_weights):
-            raise ConfigError(f"rank.train.task_weights: must be finite and >= 0, got {self.task_weights}")
-        object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
 
 
 @dataclasses.dataclass
