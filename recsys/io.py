@@ -117,3 +117,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def read_stage_meta(path: str | Path, what: str, format_version: int) -> dict:
+    """A saved stage's JSON description, refused with the file named when absent or of another format
+    version (``what`` says which kind of stage, e.g. "pre-ranker")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; not a saved {what}")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format_version") != format_version:
+        raise ValueError(f"{path}: format_version {meta.get('format_version')!r} is not {format_version}")
+    return meta

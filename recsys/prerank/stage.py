@@ -55,7 +55,7 @@ from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset
 from recsys.features import FeatureConfig, FeatureContext, FeatureKind, assemble, available_features, resolve
 from recsys.graph import GraphConfig
-from recsys.io import write_json
+from recsys.io import read_stage_meta, write_json
 from recsys.types import Ragged, Requests
 
 if TYPE_CHECKING:  # not imported at run time: importing recsys.retrieval loads torch and faiss
@@ -520,11 +520,7 @@ class PrerankStage:
 
         folder = Path(folder)
         meta_path = folder / "prerank.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not found; not a saved pre-ranker")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        meta = read_stage_meta(meta_path, "pre-ranker", FORMAT_VERSION)
         names = json.loads((folder / "features.json").read_text(encoding="utf-8"))["names"]
         model_path = folder / "model.txt"
         if not model_path.is_file():

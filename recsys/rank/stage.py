@@ -104,7 +104,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -122,7 +121,7 @@ from recsys.data.vocab import Vocab
 from recsys.engine import select_columns, top_columns
 from recsys.features import FeatureConfig, FeatureContext, FeatureKind, assemble, available_features, resolve
 from recsys.graph import GraphConfig
-from recsys.io import write_json
+from recsys.io import read_stage_meta, write_json
 from recsys.prerank.stage import _append_extras, split_groups
 from recsys.rank.mmoe import ARCHITECTURES, RankerNet, TargetAttentionPooling, build_multitask, ranker_input_dim
 from recsys.rank.trainer import FitHistory, TrainConfig, fit_multitask, predict
@@ -919,11 +918,7 @@ class RankStage:
 
         folder = Path(folder)
         meta_path = folder / "rank.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not found; not a saved heavy ranker")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        meta = read_stage_meta(meta_path, "heavy ranker", FORMAT_VERSION)
         cfg = from_dict(RankConfig, meta["config"], prefix=f"{meta_path}: config")
         inputs = meta["inputs"]
         if inputs["n_items"] != catalog.n_items:

@@ -44,6 +44,7 @@ from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
 from recsys.retrieval.config import RetrievalConfig, TwoTowerConfig
 from recsys.graph.pagerank import GraphSource
+from recsys.io import read_stage_meta
 from recsys.retrieval.index import AnnIndex
 from recsys.retrieval.sources import (
     AnnSource, Candidates, CandidateSource, PopularitySource, cold_rows, merge_candidates, sorted_member,
@@ -553,11 +554,7 @@ class RetrievalStage:
 
         folder = Path(folder)
         path = folder / "retrieval.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; not a saved retrieval stage")
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        meta = read_stage_meta(path, "retrieval stage", FORMAT_VERSION)
         if meta["n_items"] != catalog.n_items or meta["n_users"] != catalog.users.size:
             raise ValueError(
                 f"{path}: saved for {meta['n_items']} items / {meta['n_users']} user rows, but the catalogue has "
