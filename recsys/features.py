@@ -70,6 +70,9 @@ DAY = 86_400
 CONTEXT_JSON = "feature_context.json"
 POP_WINDOWS: tuple[tuple[str, float | None], ...] = (("pop_1d", 1.0), ("pop_7d", 7.0), ("pop_all", None))
 SOURCES = ("ann", "popularity", "graph")  # candidate sources with a 0/1 column (src_<name>)
+#: features that carry an upstream *scoring stage*'s output: a stage must not use its own (the pre-ranker's
+#: default features leave these out; the heavy ranker's include them)
+STAGE_SCORE_FEATURES = ("prerank_score",)
 FAMILIES = ("ctx.", "user.", "item.")
 
 
@@ -476,6 +479,11 @@ def _ann_score(x: FeatureInputs) -> np.ndarray:
     return _nan(x) if s is None else np.asarray(s, dtype=np.float32)
 
 
+def _prerank_score(x: FeatureInputs) -> np.ndarray:
+    s = x.cands.scores.get("prerank")
+    return _nan(x) if s is None else np.asarray(s, dtype=np.float32)
+
+
 def _ann_rank(x: FeatureInputs) -> np.ndarray:
     """0-based rank of the candidate's ANN score among its request's candidates with an ANN score (higher score
     first, ties by column position); NaN without an ANN score."""
@@ -644,6 +652,9 @@ REGISTRY: dict[str, Feature] = {
                 FeatureKind.NUMERIC, _ann_score),
         Feature("ann_rank", "0-based rank of ann_score within the request (best first); NaN without ann_score",
                 FeatureKind.NUMERIC, _ann_rank),
+        Feature("prerank_score", "the pre-ranker's score of the candidate (Candidates.scores['prerank'], which the "
+                "engine sets between the stages); NaN without a pre-ranker. Only for stages after it",
+                FeatureKind.NUMERIC, _prerank_score),
         *[Feature(f"src_{s}", f"1 if the '{s}' candidate source contributed the item (Candidates.source), else 0",
                   FeatureKind.NUMERIC, _source(s)) for s in SOURCES],
         Feature("n_sources", "number of candidate sources that returned the item (non-NaN Candidates.scores)",
@@ -805,5 +816,5 @@ def assemble(
 
 __all__ = [
     "ColumnEncoding", "Feature", "FeatureConfig", "FeatureContext", "FeatureInputs", "FeatureKind", "REGISTRY",
-    "assemble", "available_features", "describe", "feature_kinds", "resolve",
+    "STAGE_SCORE_FEATURES", "assemble", "available_features", "describe", "feature_kinds", "resolve",
 ]

@@ -31,6 +31,8 @@ from recsys.engine import Engine
 logger = logging.getLogger(__name__)
 
 NO_GRAPH_STAGE = "prerank_no_graph"
+NO_GRAPH_RANK = "rank_no_graph"  # the heavy ranker of the `no_graph_features` system
+NO_PRERANK_RANK = "rank_no_prerank"  # the heavy ranker of the `no_prerank` system
 ABLATION_ARCHS = ("mmoe", "shared_bottom", "single_task")
 GRAPH_FEATURES = ("item_pagerank", "ppr", "co_engagement", "src_graph")
 
@@ -103,6 +105,19 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
                 alt = dataclasses.replace(cfg.rank, arch=arch)
                 scoring[f"rank_{arch}"] = fit_rank(ds, catalog, retrieval, scoring.get("prerank"), None, split, alt)
                 metrics[f"rank_{arch}"] = scoring[f"rank_{arch}"].valid_metrics
+        if cfg.rank.ablate_upstream and "prerank" in scoring:
+            # the heavy ranker learns from its upstream stages' outputs (candidates, the pre-ranker's score), so a
+            # system with an upstream stage removed or changed gets a heavy ranker trained that way
+            scoring[NO_PRERANK_RANK] = fit_rank(ds, catalog, retrieval, None, None, split,
+                                                dataclasses.replace(cfg.rank, features=tuple(
+                                                    n for n in scoring["rank"].enc.names if n != "prerank_score")))
+            metrics[NO_PRERANK_RANK] = scoring[NO_PRERANK_RANK].valid_metrics
+            if NO_GRAPH_STAGE in scoring:
+                no_graph = dataclasses.replace(cfg.rank, features=tuple(
+                    n for n in scoring["rank"].enc.names if n not in GRAPH_FEATURES))
+                scoring[NO_GRAPH_RANK] = fit_rank(ds, catalog, retrieval, scoring[NO_GRAPH_STAGE], None, split,
+                                                  no_graph)
+                metrics[NO_GRAPH_RANK] = scoring[NO_GRAPH_RANK].valid_metrics
     if cfg.retrieval.refit:
         catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, retrieval, scoring)
         metrics["retrieval"]["refit"] = {"users": catalog.n_users, "epochs": len(retrieval.history)}
@@ -167,19 +182,29 @@ def load_engine(path: str | Path) -> Engine:
 def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
     """The engine with a stage removed or replaced, by system name (for the evaluation report).
 
-    ``retrieval_only`` (no scoring stage), ``no_prerank`` (the heavy ranker on retrieval order),
+    ``retrieval_only`` (no scoring stage), ``no_prerank`` (the heavy ranker on retrieval order; the one trained
+    that way when the bundle has it, ``rank.ablate_upstream``),
     ``prerank_only`` (no heavy ranker), ``shared_bottom`` / ``single_task`` (the heavy ranker with another
-    multi-task core, when the bundle has them), ``no_graph_features`` (the pre-ranker trained without its
-    graph features, when the bundle has it).
+    multi-task core, when the bundle has them), ``no_exposure`` (a heavy ranker with the exposure head valuing
+    candidates without the exposure factor, ``rank.value.exposure_power = 0``), ``no_graph_features`` (the
+    pre-ranker trained without its graph features, when the bundle has it, followed by the heavy ranker trained
+    on it without graph features when the bundle has that).
     """
     out: dict[str, Engine] = {}
     names = [s.name for s, _ in engine.stages]
     if names:
         out["retrieval_only"] = dataclasses.replace(engine, stages=[], name="retrieval_only")
+    bundle = load_bundle(bundle_path)
     if "prerank" in names and "rank" in names:
         out["no_prerank"] = engine.without("prerank", name="no_prerank")
+        if NO_PRERANK_RANK in bundle.stages:
+            from recsys.rank.stage import RankStage
+
+            alt = RankStage.load(bundle.stage_dir(NO_PRERANK_RANK), engine.catalog)
+            alt.name = "rank"
+            out["no_prerank"] = dataclasses.replace(out["no_prerank"], stages=[
+                (alt if s.name == "rank" else s, c) for s, c in out["no_prerank"].stages])
         out["prerank_only"] = engine.without("rank", name="prerank_only")
-    bundle = load_bundle(bundle_path)
     if "rank" in names:
         from recsys.rank.stage import RankStage
 
@@ -189,12 +214,24 @@ def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
                 alt.name = "rank"
                 stages = [(alt if s.name == "rank" else s, c) for s, c in engine.stages]
                 out[arch] = dataclasses.replace(engine, stages=stages, name=arch)
+        ranker = next(s for s, _ in engine.stages if s.name == "rank")
+        if getattr(ranker, "exposure_index", None) is not None and ranker.cfg.value.exposure_power != 0:
+            # the same heavy ranker valuing what it would show regardless of the logging policy's exposure
+            alt = ranker.with_value(dataclasses.replace(ranker.cfg.value, exposure_power=0.0))
+            stages = [(alt if s.name == "rank" else s, c) for s, c in engine.stages]
+            out["no_exposure"] = dataclasses.replace(engine, stages=stages, name="no_exposure")
     if "prerank" in names and NO_GRAPH_STAGE in bundle.stages:
         from recsys.prerank.stage import PrerankStage
 
         alt = PrerankStage.load(bundle.stage_dir(NO_GRAPH_STAGE), engine.catalog)
         alt.name = "prerank"
-        stages = [(alt if s.name == "prerank" else s, c) for s, c in engine.stages]
+        swap = {"prerank": alt}
+        if "rank" in names and NO_GRAPH_RANK in bundle.stages:
+            from recsys.rank.stage import RankStage
+
+            swap["rank"] = RankStage.load(bundle.stage_dir(NO_GRAPH_RANK), engine.catalog)
+            swap["rank"].name = "rank"
+        stages = [(swap.get(s.name, s), c) for s, c in engine.stages]
         out["no_graph_features"] = dataclasses.replace(engine, stages=stages, name="no_graph_features")
     return out
 

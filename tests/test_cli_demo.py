@@ -20,6 +20,10 @@ def test_demo_runs_the_whole_funnel_on_the_tiny_world(tmp_path, capsys):
     assert {"engine", "retrieval_only", "no_prerank", "prerank_only", "no_graph_features", "oracle",
             "popularity", "itemknn", "svd", "ease", "random"} <= set(m["systems"])
     assert m["systems"]["oracle"]["true_ndcg@10"] == 1.0
-    assert {"click", "like"} <= set(m["calibration"])
+    assert {"click", "like", "exposure"} <= set(m["calibration"])  # configs/default.yaml: rank.exposure
+    assert "no_exposure" in m["systems"]
+    bundle = (out / "artifacts" / "demo" / "latest")
+    # the heavy rankers of the no_prerank / no_graph_features systems were trained that way (rank.ablate_upstream)
+    assert {"rank_no_prerank", "rank_no_graph", "prerank_no_graph"} <= {p.name for p in bundle.iterdir()}
     assert set(m["funnel"]["engine"]) >= {"retrieval", "prerank", "rank"}
     assert (out / "report" / "reliability.png").is_file()

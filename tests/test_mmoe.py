@@ -481,3 +481,30 @@ def test_config_architecture_names_match_the_model_registry():
     from recsys.rank.mmoe import ARCHITECTURES
 
     assert set(ARCHITECTURE_NAMES) == set(ARCHITECTURES)
+
+
+def test_intercept_offsets_restore_the_label_level_parents_first():
+    from scipy.special import expit
+
+    from recsys.rank.trainer import intercept_offsets, task_logloss
+
+    rng = np.random.default_rng(0)
+    R = 200_000
+    L = rng.normal(-2.0, 1.0, size=(R, 3))
+    # true logits are shifted by (+0.7, -0.4, 0): the heads' levels are off, their orders are right
+    y0 = rng.random(R) < expit(L[:, 0] + 0.7)
+    y1 = y0 & (rng.random(R) < expit(L[:, 1] - 0.4))  # ESMM child of task 0
+    y2 = rng.random(R) < expit(L[:, 2])
+    Y = np.stack([y0, y1, y2], axis=1).astype(float)
+    d = intercept_offsets(L, Y, [None, 0, None])
+    np.testing.assert_allclose(d, [0.7, -0.4, 0.0], atol=0.03)
+    # the corrected entire-space means match the label means
+    p0 = expit(L[:, 0] + d[0])
+    assert abs((p0 * expit(L[:, 1] + d[1])).sum() / Y[:, 1].sum() - 1) < 1e-6
+    assert task_logloss(np.stack([p0], 1), Y[:, :1])[0] < task_logloss(expit(L[:, :1]), Y[:, :1])[0]
+    # weights: rows of weight 0 do not count; a head without positives gets 0
+    W = np.ones_like(Y)
+    W[: R // 2, 2] = 0.0
+    Y2 = Y.copy()
+    Y2[R // 2:, 2] = 0.0
+    assert intercept_offsets(L, Y2, [None, 0, None], W)[2] == 0.0

@@ -34,7 +34,7 @@ from recsys.rank.stage import (
     score_auc,
 )
 from recsys.rank.trainer import TrainConfig
-from recsys.rank.value import FORMULAS, ValueConfig, value
+from recsys.rank.value import EXPOSURE, FORMULAS, ValueConfig, value
 from recsys.retrieval.sources import Candidates
 
 torch.set_num_threads(1)
@@ -69,6 +69,26 @@ def test_value_formulas_known_answers():
                                pc - 0.5 * pl)
     # NaN (padding) stays NaN
     assert np.isnan(value({"click": np.array([[np.nan]]), "like": np.array([[np.nan]])}))[0, 0]
+
+
+def test_value_exposure_factor():
+    pc, pl, pe = np.array([[0.2, 0.5]]), np.array([[0.1, 0.25]]), np.array([[0.5, 0.04]])
+    base = pc + pl
+    probs = {"click": pc, "like": pl, EXPOSURE: pe}
+    np.testing.assert_allclose(value(probs), pe * base)  # default power 1: the expected logged engagement
+    np.testing.assert_allclose(value(probs, ValueConfig(exposure_power=0.5)), np.sqrt(pe) * base)
+    np.testing.assert_array_equal(value(probs, ValueConfig(exposure_power=0.0)), base)
+    # the exposure is not a task of the formula: weighted_sum's default weights leave it out
+    np.testing.assert_allclose(value(probs, ValueConfig(formula="weighted_sum")), pe * base)
+    # the exposure changes the order: 0.35 * 0.5 > 0.75 * 0.04
+    assert value(probs)[0, 0] > value(probs)[0, 1] and base[0, 0] < base[0, 1]
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="rank.value.exposure_power: must be a finite number >= 0"):
+            ValueConfig(exposure_power=bad)
+    with pytest.raises(ConfigError, match="'exposure' is the exposure head, not a task"):
+        ValueConfig(formula="weighted_sum", weights={EXPOSURE: 1.0})
+    with pytest.raises(ValueError, match="no task probabilities"):
+        value({EXPOSURE: pe})
 
 
 def test_value_errors_name_what_is_valid():
@@ -132,19 +152,23 @@ def test_detect_esmm_parents():
 
 
 def impression_world(seed: int = 0, n_users: int = 400, per_window: tuple[int, int, int] = (30, 20, 20),
-                     extra_labels: dict | None = None) -> Dataset:
+                     extra_labels: dict | None = None, exposure_skew: float = 0.0) -> Dataset:
     """Items in 4 categories (item i: category i % 4) with quality q_i; user u prefers category u % 4. Three
     windows (past | rank | eval) of impressions of distinct random items; per impression
     P(click) = expit(-3 + 2.5 match + 0.8 q), P(like | click) = expit(-1 + 1.5 q) (like only after a click),
     and save ~ expit(-2.5 + 1.5 match) independent of click. ``extra_labels`` {name: value} adds constant
-    binary labels. Truth columns p_click, p_like."""
+    binary labels. Truth columns p_click, p_like. ``exposure_skew`` s > 0: the logging policy shows item i with
+    weight exp(s z_i) (z_i ~ N(0, 1), independent of q; sampling without replacement by Gumbel top-k)."""
     rng = np.random.default_rng(seed)
     q = rng.normal(size=N_ITEMS)
+    z = np.random.default_rng(seed + 1).normal(size=N_ITEMS)  # own stream: the default world is unchanged
     frames = []
     bounds = (START, *CUTS)
     for w, k in enumerate(per_window):
         users = np.repeat(np.arange(1, n_users + 1), k)
-        items = np.argsort(rng.random((n_users, N_ITEMS)), axis=1)[:, :k].ravel()
+        gumbel = -np.log(-np.log1p(-rng.random((n_users, N_ITEMS))))  # decreasing in the uniform: s = 0 keeps
+        # the ascending order of the uniforms, i.e. the default world's draw
+        items = np.argsort(-(exposure_skew * z + gumbel), axis=1)[:, :k].ravel()
         ts = rng.integers(bounds[w], bounds[w + 1], size=len(users))
         match = (items % N_CAT == users % N_CAT).astype(float)
         pc = expit(-3.0 + 2.5 * match + 0.8 * q[items])
@@ -331,7 +355,8 @@ def test_inputs_and_default_features(world, downsampled):
     ds, catalog, ctx, retrieval, past, rank, ev, before_ev = world
     enc = downsampled.enc
     assert not set(SOURCE_DEPENDENT) & set(enc.names)  # an impression's source would tell it from a candidate
-    assert enc.names == default_features(ctx)
+    assert enc.names == default_features(ctx, prerank=False)  # fitted without a pre-ranker: not its score
+    assert "prerank_score" in default_features(ctx) and "prerank_score" not in enc.names
     # categorical codes and numerically coded categorical context columns are embedded, not standardised
     assert {"item_category", "ctx.hour", "ctx.device"} <= set(enc.embedded)
     assert len(enc.levels[enc.embedded.index("ctx.hour")]) == 24
@@ -399,6 +424,73 @@ def test_other_architectures_run_through_the_same_stage(world, arch, tmp_path):
         out.append(stage.score(req, retrieval.retrieve(dataclasses.replace(req, users=np.zeros(20, int)), 15)))
     stage.ctx.catalog = catalog
     np.testing.assert_array_equal(out[0]["score"], out[1]["score"])
+
+
+def test_exposure_head_learns_the_logging_policy_and_keeps_the_tasks_conditional(tmp_path):
+    """A logging policy that shows item i with weight exp(2 z_i): the exposure head learns P(shown) on the funnel
+    candidates (recalibrated after downsampling the unshown ones at w), the click head stays P(click | shown), and
+    the value multiplies them (``exposure_power``)."""
+    ds = impression_world(seed=3, exposure_skew=2.0)
+    past, rank, ev, before_ev = windows(ds)
+    catalog = Catalog.from_dataset(ds, train=past)
+    ctx = FeatureContext.fit(ds, catalog, past)
+    retrieval = ShuffleRetrieval(catalog.n_items)
+    cfg = dataclasses.replace(CFG, exposure=True, examples=Examples.AUTO, candidates_k=30, retrieve_k=30,
+                              downsample_w=0.3, train=dataclasses.replace(TRAIN, max_epochs=15))
+    stage = RankStage().fit(ds, catalog, retrieval, None, ctx, rank, past, cfg)
+    assert stage.outputs == ["click", "like", EXPOSURE] and stage.model_tasks[stage.exposure_index] == EXPOSURE
+    vm = stage.valid_metrics
+    assert vm["exposure"] and vm["funnel_rows"] == 400 * 30 and vm["valid"][EXPOSURE]["auc"] > 0.7
+
+    cal = stage.calibration(ds, catalog, retrieval, None, None, ev, before_ev)
+    assert list(cal) == ["click", "like", EXPOSURE]
+    exp_ = cal[EXPOSURE]
+    assert exp_["n"] == 400 * 30 and exp_["auc"] > 0.7
+    assert 0.85 < exp_["calibration"] < 1.15 and exp_["calibration_raw"] > 1.5  # downsampling undone
+    # the tasks are measured on the impressions, conditional on being shown, and calibrated there
+    # (against the truth: one draw of 6.6k impressions' clicks is ~4% off the expectation here)
+    assert cal["click"]["n"] == fresh_pairs(ev, before_ev) and 0.85 < cal["click"]["mean_p"] / cal["click"]["mean_truth"] < 1.15
+    assert cal["click"]["calibration_raw"] > 2.0  # the shown-but-not-clicked rows were downsampled too
+    assert cal["click"]["auc"] > 0.7 and cal["click"]["mae_truth"] < 0.06
+
+    first = ev.drop_duplicates("user_id").iloc[:25]
+    req = catalog.requests(first["user_id"].to_numpy(), first["timestamp"].to_numpy(), positives(before_ev, "click"),
+                           context={c: first[c].to_numpy() for c in ("device", "hour")})
+    cands = retrieval.retrieve(req, 40)
+    out = stage.score(req, cands)
+    pe, pc, pl = out["p_exposure"], out["p_click"], out["p_like"]
+    ok = cands.items >= 0
+    assert ((pe[ok] > 0) & (pe[ok] < 1)).all() and (pl[ok] <= pc[ok]).all()
+    np.testing.assert_allclose(out["score"][ok], (pe * (pc + pl))[ok], rtol=1e-12)
+    plain = stage.with_value(dataclasses.replace(stage.cfg.value, exposure_power=0.0)).score(req, cands)
+    np.testing.assert_allclose(plain["score"][ok], (pc + pl)[ok], rtol=1e-12)
+    np.testing.assert_array_equal(plain["p_click"], pc)
+    assert stage.cfg.value.exposure_power == 1.0  # with_value copies
+    stage.save(tmp_path / "rank")
+    back = RankStage.load(tmp_path / "rank", catalog)
+    assert back.exposure_index == stage.exposure_index
+    got = back.score(req, cands)
+    for key in ("score", "p_click", "p_exposure"):
+        np.testing.assert_array_equal(got[key], out[key])
+    # a bundle whose metadata contradicts its config is refused
+    meta = json.loads((tmp_path / "rank" / "rank.json").read_text())
+    meta["exposure_index"] = None
+    (tmp_path / "rank" / "rank.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="exposure_index None does not match rank.exposure=True"):
+        RankStage.load(tmp_path / "rank", catalog)
+
+
+def test_exposure_config_errors(world):
+    ds, catalog, ctx, retrieval, past, rank, ev, before_ev = world
+    with pytest.raises(ConfigError, match="rank.exposure: the exposure head learns from the funnel candidates and "
+                                          "the impressions together"):
+        dataclasses.replace(CFG, exposure=True, examples=Examples.IMPRESSIONS)
+    with pytest.raises(ConfigError, match="rank.tasks: 'exposure' is reserved"):
+        RankConfig(tasks=("click", EXPOSURE))
+    no_imp = dataclasses.replace(ds, schema=dataclasses.replace(ds.schema, has_impressions=False))
+    with pytest.raises(ConfigError, match="rank.exposure: .* needs a dataset with impressions"):
+        RankStage().fit(no_imp, catalog, retrieval, None, ctx, rank, past,
+                        dataclasses.replace(CFG, exposure=True, examples=Examples.AUTO))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -489,6 +581,22 @@ def test_in_the_engine_after_the_prerank(synthetic):
     cands = retrieval.retrieve(req, 60)
     x = assemble(req, cands, stage.ctx, stage.enc.names)
     assert x.shape == (25, 60, len(stage.enc.names))
+    # the pre-ranker's score reaches the heavy ranker as a feature, the same way in training rows and in the engine
+    assert "prerank_score" in stage.enc.names and "prerank_score" not in prerank.feature_names
+    j = stage.enc.names.index("prerank_score")
+    assert np.isnan(x[:, :, j]).all()  # bare retrieval candidates carry no pre-ranker score
+    rows = build_rank_rows(ds, catalog, retrieval, prerank, stage.ctx, split["test"], split.before("test"),
+                           dataclasses.replace(stage.cfg, examples=Examples.BOTH, candidates_k=30, retrieve_k=60),
+                           stage.tasks, stage.enc.names, max_users=0)
+    assert np.isfinite(rows.X[:, j]).all()  # funnel candidates and appended impressions alike
+    for start, blk in rows.blocks:
+        sel = (rows.req >= start) & (rows.req < start + len(blk)) & rows.funnel
+        eng = engine.without("rank").rank(rows.requests.take(np.arange(start, start + len(blk))), 30)
+        got = dict(zip(zip(rows.req[sel] - start, rows.item[sel]), rows.X[sel, j]))
+        for b in range(len(blk)):
+            for c in range(30):
+                if eng.items[b, c] >= 0:
+                    assert got[(b, eng.items[b, c])] == np.float32(eng.stage_scores["prerank"][b, c])
 
 
 def test_funnel_examples_on_data_without_impressions(world):

@@ -53,7 +53,8 @@ import pandas as pd
 from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset
-from recsys.features import FeatureConfig, FeatureContext, FeatureKind, assemble, available_features, resolve
+from recsys.features import STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble, \
+    available_features, resolve
 from recsys.graph import GraphConfig
 from recsys.io import read_stage_meta, write_json
 from recsys.types import Ragged, Requests
@@ -257,7 +258,8 @@ def build_ranking_data(
         if missing:
             raise ValueError(f"build_ranking_data: {what} lacks column(s) {missing}")
     gains = _gains(ds, cfg)
-    names = list(names) if names is not None else (list(cfg.features) or available_features(ctx))
+    names = list(names) if names is not None else (list(cfg.features) or [
+        f for f in available_features(ctx) if f not in STAGE_SCORE_FEATURES])  # not its own score
     kinds = [f.kind for f in resolve(names, ctx)]
     n = catalog.n_items
 

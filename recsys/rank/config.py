@@ -10,7 +10,7 @@ import math
 from recsys.configlib import ConfigError
 from recsys.features import FeatureConfig
 from recsys.graph import GraphConfig
-from recsys.rank.value import ValueConfig
+from recsys.rank.value import EXPOSURE, ValueConfig
 
 ANY_TASK = "__any__"  # auxiliary head P_s(any task positive), for recalibration without a cover task
 # must equal the keys of recsys.rank.mmoe.ARCHITECTURES (checked by a test)
@@ -88,10 +88,16 @@ class RankConfig:
     features           feature names (:mod:`recsys.features`); empty: all available but SOURCE_DEPENDENT
     downsample_w       keep rate w in (0, 1] of rows whose labels are all 0 (1: no downsampling)
     examples           which (user, item) rows to learn from (:class:`Examples`): auto | impressions | funnel | both
+    exposure           also learn P(shown | funnel candidate), the logging policy's exposure, as an extra head
+                       (output ``p_exposure``; needs impressions; the rows become ``both``; the tasks stay
+                       conditional on being shown; see :mod:`recsys.rank.stage` and ``value.exposure_power``)
     retrieve_k         funnel: retrieval candidates per training user, pre-ranked down to candidates_k
     candidates_k       funnel: pre-ranked candidates per training user
     max_train_users    0: every user of the window; else a seeded sample of that many
     valid_fraction     seeded fraction of the users held out for early stopping, in [0, 1)
+    calibrate_intercepts  after training, shift each head's logit so that its mean probability matches the
+                       label mean on the (downsampled) training rows (:func:`recsys.rank.trainer.intercept_offsets`);
+                       the downsampling recalibration then applies as before
     train              optimisation (:class:`recsys.rank.trainer.TrainConfig`)
     value              the value model (:class:`recsys.rank.value.ValueConfig`)
     seed               user sampling, holdout, downsampling and initial weights
@@ -99,9 +105,13 @@ class RankConfig:
     feature_params     the features' own parameters (PPR, co-engagement, CTR smoothing, item columns)
     enabled            false: the engine has no heavy ranker
     ablate_arch        also train the other multi-task cores (``shared_bottom`` / ``single_task`` systems)
+    ablate_upstream    also train the heavy ranker without a pre-ranker (on retrieval order, without the
+                       pre-ranker's score: the ``no_prerank`` system) and, with ``prerank.ablate_graph``, on the
+                       pre-ranker without graph features and without graph features itself (``no_graph_features``)
     """
 
     ablate_arch: bool = True
+    ablate_upstream: bool = True
     enabled: bool = True
     arch: str = "mmoe"
     tasks: tuple[str, ...] = ()
@@ -118,9 +128,11 @@ class RankConfig:
     downsample_w: float = 1.0
     retrieve_k: int = 200
     examples: Examples = Examples.AUTO
+    exposure: bool = False
     candidates_k: int = 50
     max_train_users: int = 0
     valid_fraction: float = 0.2
+    calibrate_intercepts: bool = True
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     value: ValueConfig = dataclasses.field(default_factory=ValueConfig)
     seed: int = 0
@@ -154,8 +166,12 @@ class RankConfig:
             vals = getattr(self, name)
             if len(set(vals)) != len(vals):
                 raise ConfigError(f"rank.{name}: duplicate names in {list(vals)}")
-        if ANY_TASK in self.tasks:
-            raise ConfigError(f"rank.tasks: {ANY_TASK!r} is reserved")
+        for reserved in (ANY_TASK, EXPOSURE):
+            if reserved in self.tasks:
+                raise ConfigError(f"rank.tasks: {reserved!r} is reserved")
+        if self.exposure and self.examples not in (Examples.AUTO, Examples.BOTH):
+            raise ConfigError(f"rank.exposure: the exposure head learns from the funnel candidates and the "
+                              f"impressions together (rank.examples 'both' or 'auto'), got {self.examples.value!r}")
         object.__setattr__(self, "downsample_w", float(w))
 
 

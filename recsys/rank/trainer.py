@@ -32,7 +32,8 @@ from recsys.rank.mmoe import multitask_loss, task_probabilities, validate_esmm_p
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FitHistory", "ModelFitError", "TrainConfig", "fit_multitask", "predict", "task_logloss"]
+__all__ = ["FitHistory", "ModelFitError", "TrainConfig", "fit_multitask", "intercept_offsets", "predict", "predict_logits",
+           "task_logloss"]
 
 
 class ModelFitError(RuntimeError):
@@ -59,14 +60,20 @@ class FitHistory:
         return self.valid_logloss[self.best_epoch - 1]
 
 
-def task_logloss(p: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    """Per-task logloss ``-(1/R) sum_r [y log p + (1 - y) log(1 - p)]``, ``p`` clipped to ``[eps, 1 - eps]``.
+def task_logloss(p: np.ndarray, y: np.ndarray, eps: float = 1e-7, weight: np.ndarray | None = None) -> np.ndarray:
+    """Per-task logloss ``-(1/R) sum_r [y log p + (1 - y) log(1 - p)]``, ``p`` clipped to ``[eps, 1 - eps]``;
+    with ``weight (R, T)`` the weighted mean ``sum_r w_rt ll_rt / sum_r w_rt`` (NaN for a task of weight 0).
 
     Shapes: ``p, y (R, T) -> (T,)``.
     """
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
     y = np.asarray(y, dtype=np.float64)
-    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p)).mean(axis=0)
+    ll = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+    if weight is None:
+        return ll.mean(axis=0)
+    w = np.asarray(weight, dtype=np.float64)
+    tot = w.sum(axis=0)
+    return np.where(tot > 0, (w * ll).sum(axis=0) / np.where(tot > 0, tot, 1.0), np.nan)
 
 
 def _check_tensors(tensors: Mapping[str, torch.Tensor], labels: torch.Tensor | None, what: str) -> int:
@@ -134,12 +141,15 @@ def fit_multitask(
     cfg: TrainConfig,
     esmm_parent: Sequence[int | None] | None = None,
     sample_weight: torch.Tensor | None = None,
+    valid_weight: torch.Tensor | None = None,
 ) -> FitHistory:
     """Train ``model`` in place with early stopping on the validation mean logloss; restore the best weights.
 
     ``train_labels (R, T)`` and ``valid_labels (R_valid, T)`` are 0/1 entire-space labels (an ESMM child's
     label is 1 only when its parent's is: e.g. ``like`` means clicked and liked). ``sample_weight (R,)`` or
-    ``(R, T)`` weights the training loss (:func:`~recsys.rank.mmoe.multitask_loss`).
+    ``(R, T)`` weights the training loss (:func:`~recsys.rank.mmoe.multitask_loss`), ``valid_weight``
+    ``(R_valid, T)`` the validation logloss of each task (:func:`task_logloss`; a task whose validation
+    weights are all 0 is left out of the mean).
 
     Deterministic for ``cfg.seed`` given the same initial weights: the global torch RNG is forked and seeded
     (dropout), and rows are shuffled with a dedicated ``torch.Generator`` seeded with ``cfg.seed``.
@@ -167,6 +177,10 @@ def fit_multitask(
                                "negative; the entire-space label should imply the parent's", bad, t, p)
     y_train = train_labels.to(torch.float32)
     y_valid = valid_labels.detach().cpu().numpy()
+    if valid_weight is not None and tuple(valid_weight.shape) != (Rv, T):
+        raise ValueError(f"fit_multitask: valid_weight must be (R_valid, T) = ({Rv}, {T}), got "
+                         f"{tuple(valid_weight.shape)}")
+    w_valid = None if valid_weight is None else valid_weight.detach().cpu().numpy()
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -195,8 +209,8 @@ def fit_multitask(
                     total += float(loss.detach()) * len(idx)
                     n_seen += len(idx)
                 p_valid = predict(model, valid_tensors, max(cfg.batch_size, 4096), parents)
-                per_task = task_logloss(p_valid, y_valid)
-                mean_ll = float(per_task.mean())
+                per_task = task_logloss(p_valid, y_valid, weight=w_valid)
+                mean_ll = float(np.nanmean(per_task)) if np.isfinite(per_task).any() else math.nan
                 history.train_loss.append(total / n_seen)
                 history.valid_logloss.append(mean_ll)
                 history.valid_task_logloss.append([float(v) for v in per_task])
@@ -219,3 +233,67 @@ def fit_multitask(
     logger.info("fit_multitask: %d epochs, best epoch %d, valid mean logloss %.5f", history.epochs,
                 history.best_epoch, history.best_valid_logloss)
     return history
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch_size: int = 4096) -> np.ndarray:
+    """``(R, T)`` float64 logits of the heads (eval mode, batched; the model's mode is restored)."""
+    R = _check_tensors(tensors, None, "predict_logits")
+    was_training = model.training
+    model.eval()
+    try:
+        out = [_logits(model, _take(tensors, slice(s, s + batch_size))) for s in range(0, R, batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).double().numpy() if out else np.zeros((0, 0))
+
+
+def intercept_offsets(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    esmm_parent: Sequence[int | None] | None = None,
+    weight: np.ndarray | None = None,
+    bound: float = 4.0,
+) -> np.ndarray:
+    """Per-head logit offsets ``delta (T,)`` that make each task's weighted mean entire-space probability equal
+    its weighted label mean on held-out rows: ``sum_r w_rt P_t(l_r + delta) = sum_r w_rt y_rt``.
+
+    Early stopping on a few epochs leaves the heads' intercepts where the descent was when the validation loss
+    turned, which moves the level of the probabilities by 5-20% from run to run; this one-parameter-per-head
+    correction (a Platt scaling with the slope fixed at 1) sets the level on data the weights were not fitted
+    on, and leaves every ranking unchanged. Heads are solved parents first (an ESMM child's ``P`` includes its
+    parent's corrected probability); bisection on ``[-bound, bound]``; a head with no positive or no negative
+    weight gets 0. Shapes: ``logits, labels, weight (R, T)``.
+    """
+    L = np.asarray(logits, dtype=np.float64)
+    Y = np.asarray(labels, dtype=np.float64)
+    W = np.ones_like(L) if weight is None else np.asarray(weight, dtype=np.float64)
+    T = L.shape[1]
+    parents = validate_esmm_parent(esmm_parent, T)
+    delta = np.zeros(T)
+    log_p: dict[int, np.ndarray] = {}
+
+    def logsig(x: np.ndarray) -> np.ndarray:
+        return -np.logaddexp(0.0, -x)
+
+    def solve(t: int) -> np.ndarray:
+        if t in log_p:
+            return log_p[t]
+        base = 0.0 if parents[t] is None else solve(parents[t])
+        w, y = W[:, t], Y[:, t]
+        target = float((w * y).sum())
+        if target > 0 and float((w * (1.0 - y)).sum()) > 0:
+            lo, hi = -bound, bound
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                if float((w * np.exp(base + logsig(L[:, t] + mid))).sum()) < target:
+                    lo = mid
+                else:
+                    hi = mid
+            delta[t] = 0.5 * (lo + hi)
+        log_p[t] = base + logsig(L[:, t] + delta[t])
+        return log_p[t]
+
+    for t in range(T):
+        solve(t)
+    return delta

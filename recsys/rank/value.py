@@ -17,6 +17,14 @@ Formulas (:data:`FORMULAS`, selected by :attr:`ValueConfig.formula`):
 
 Both are expected-utility scores of entire-space probabilities, so calibrated probabilities (see
 :mod:`recsys.rank.stage`, recalibration after negative downsampling) make the weights mean what they say.
+
+**Exposure.** A heavy ranker trained with ``rank.exposure`` also outputs ``p_exposure`` (key
+:data:`EXPOSURE`): the probability that the logging policy shows the candidate to the user at all, while the
+task probabilities are conditional on being shown. Both formulas then return
+``value = p_exposure ** exposure_power * base`` (``base`` the formula above, computed from the other
+tasks). ``exposure_power = 1`` makes the value the expected *logged* engagement ``P(shown) * E[gain | shown]``,
+the quantity offline metrics on logged engagements reward (a test-window click can only be on a shown item);
+``exposure_power = 0`` is the value of showing the item, what the engine earns once it decides what is shown.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ import numpy as np
 
 from recsys.configlib import ConfigError
 
-__all__ = ["FORMULAS", "ValueConfig", "value"]
+__all__ = ["EXPOSURE", "FORMULAS", "ValueConfig", "value"]
+
+#: the probability key of the exposure head (``rank.exposure``); not a dataset label
+EXPOSURE = "exposure"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +52,7 @@ class ValueConfig:
     a           click_like: value = p_click * (1 + a * p_like / p_click)
     click_task  click_like: the click task (empty: the first task)
     like_task   click_like: the like task, an entire-space probability (empty: the second task, if any)
+    exposure_power  with an ``exposure`` probability: value = p_exposure ** exposure_power * base (>= 0)
     """
 
     formula: str = "click_like"
@@ -48,6 +60,7 @@ class ValueConfig:
     a: float = 1.0
     click_task: str = ""
     like_task: str = ""
+    exposure_power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.formula not in FORMULAS:
@@ -59,6 +72,12 @@ class ValueConfig:
             raise ConfigError(f"rank.value.weights: weights must be finite numbers, got {bad}")
         if isinstance(self.a, bool) or not isinstance(self.a, (int, float)) or not math.isfinite(self.a):
             raise ConfigError(f"rank.value.a: must be a finite number, got {self.a!r}")
+        e = self.exposure_power
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e >= 0):
+            raise ConfigError(f"rank.value.exposure_power: must be a finite number >= 0, got {e!r}")
+        if EXPOSURE in (self.click_task, self.like_task) or EXPOSURE in self.weights:
+            raise ConfigError(f"rank.value: {EXPOSURE!r} is the exposure head, not a task; its weight is "
+                              "rank.value.exposure_power")
         if self.click_task and self.click_task == self.like_task:
             raise ConfigError(f"rank.value: click_task and like_task are both {self.click_task!r}")
 
@@ -101,15 +120,20 @@ FORMULAS: dict[str, Callable[[Mapping[str, np.ndarray], ValueConfig], np.ndarray
 
 
 def value(probs: Mapping[str, np.ndarray], cfg: ValueConfig | None = None) -> np.ndarray:
-    """``(B, C)`` float64 value of each candidate from ``probs`` {task: (B, C) entire-space probability}
-    (task order matters only for the defaults of ``click_like``); see the module docstring for the formulas.
+    """``(B, C)`` float64 value of each candidate from ``probs`` {task: (B, C) entire-space probability}, plus
+    optionally :data:`EXPOSURE` (task order matters only for the defaults of ``click_like``); see the module
+    docstring for the formulas.
     Unknown task names in ``cfg`` raise ValueError listing the tasks of ``probs``."""
     cfg = ValueConfig() if cfg is None else cfg
     if not isinstance(cfg, ValueConfig):
         raise TypeError(f"value: cfg must be a ValueConfig, got {type(cfg).__name__}")
-    if not probs:
-        raise ValueError("value: no task probabilities given")
     shapes = {t: np.shape(p) for t, p in probs.items()}
-    if len(set(shapes.values())) != 1:
+    if len(set(shapes.values())) > 1:
         raise ValueError(f"value: task probabilities must share one shape, got {shapes}")
-    return FORMULAS[cfg.formula](probs, cfg)
+    tasks = {t: p for t, p in probs.items() if t != EXPOSURE}
+    if not tasks:
+        raise ValueError("value: no task probabilities given")
+    base = FORMULAS[cfg.formula](tasks, cfg)
+    if EXPOSURE not in probs or cfg.exposure_power == 0:
+        return base
+    return np.asarray(probs[EXPOSURE], dtype=np.float64) ** float(cfg.exposure_power) * base
