@@ -98,7 +98,7 @@ class PrerankConfig:
     learning_rate: float = 0.05
     n_estimators: int = 300
     min_data_in_leaf: int = 20
-    early_stopping_rounds: int = 30
+    early_stopping_rounds: int = 100
     num_threads: int = 1
     features: tuple[str, ...] = ()
     candidates_k: int = 200
