@@ -449,7 +449,8 @@ def test_exposure_head_learns_the_logging_policy_and_keeps_the_tasks_conditional
     assert 0.85 < exp_["calibration"] < 1.15 and exp_["calibration_raw"] > 1.5  # downsampling undone
     # the tasks are measured on the impressions, conditional on being shown, and calibrated there
     # (against the truth: one draw of 6.6k impressions' clicks is ~4% off the expectation here)
-    assert cal["click"]["n"] == fresh_pairs(ev, before_ev) and 0.85 < cal["click"]["mean_p"] / cal["click"]["mean_truth"] < 1.15
+    click = cal["click"]
+    assert click["n"] == fresh_pairs(ev, before_ev) and 0.85 < click["mean_p"] / click["mean_truth"] < 1.15
     assert cal["click"]["calibration_raw"] > 2.0  # the shown-but-not-clicked rows were downsampled too
     assert cal["click"]["auc"] > 0.7 and cal["click"]["mae_truth"] < 0.06
 

@@ -134,7 +134,8 @@ from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
 from recsys.engine import select_columns, top_columns
-from recsys.features import STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble, available_features, resolve
+from recsys.features import (STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble,
+                             available_features, resolve)
 from recsys.graph import GraphConfig
 from recsys.io import read_stage_meta, write_json
 from recsys.prerank.stage import _append_extras, split_groups

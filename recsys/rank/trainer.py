@@ -32,8 +32,8 @@ from recsys.rank.mmoe import multitask_loss, task_probabilities, validate_esmm_p
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FitHistory", "ModelFitError", "TrainConfig", "fit_multitask", "intercept_offsets", "predict", "predict_logits",
-           "task_logloss"]
+__all__ = ["FitHistory", "ModelFitError", "TrainConfig", "fit_multitask", "intercept_offsets", "predict",
+           "predict_logits", "task_logloss"]
 
 
 class ModelFitError(RuntimeError):
