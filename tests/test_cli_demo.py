@@ -15,6 +15,7 @@ def test_demo_runs_the_whole_funnel_on_the_tiny_world(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| engine |" in printed and "funnel (engine)" in printed and "calibration" in printed
+    assert "engine as a fraction of the oracle: ndcg@10 " in printed and "true_ndcg@10 " in printed
     assert sorted(p.name for p in out.iterdir()) == ["artifacts", "data", "report"]
     m = json.loads((out / "report" / "metrics.json").read_text())
     assert {"engine", "retrieval_only", "no_prerank", "prerank_only", "no_graph_features", "oracle",

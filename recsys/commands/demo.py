@@ -70,6 +70,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_evaluation(ds, cfg, report_dir, systems=systems, split=split, overwrite=True, extra=extra,
                             reliability=reliability)
     say(format_systems(result))
+    fraction = format_oracle_fraction(result)
+    if fraction:
+        say(fraction)
     say("")
     say(format_funnel(result))
     if result.get("calibration"):
@@ -125,6 +128,19 @@ def format_systems(result: dict, metrics=("ndcg@10", "mrr@10", "map@10", "recall
     for name, vals in rows:
         lines.append(f"| {name} | " + " | ".join(f"{vals.get(m, float('nan')):.4f}" for m in metrics) + " |")
     return "\n".join(lines)
+
+
+def format_oracle_fraction(result: dict, system: str = "engine") -> str:
+    """One line: ``system``'s ndcg@10 and true_ndcg@10 as fractions of the oracle's ("" without an oracle)."""
+    systems = result["systems"]
+    if "oracle" not in systems or system not in systems:
+        return ""
+    parts = []
+    for m in ("ndcg@10", "true_ndcg@10"):
+        o, e = systems["oracle"].get(m), systems[system].get(m)
+        if o and e is not None:
+            parts.append(f"{m} {e:.4f} / {o:.4f} = {e / o:.0%}")
+    return f"{system} as a fraction of the oracle: " + "; ".join(parts) if parts else ""
 
 
 def say(text: str) -> None:
