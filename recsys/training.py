@@ -247,12 +247,16 @@ def calibration_reports(systems: dict[str, Engine], ds: Dataset, split: Split) -
     windows = stage_windows(split)
     reports: dict = {}
     bins: dict = {}
+    done: dict = {}  # systems sharing the heavy ranker's network and upstream (e.g. no_exposure) share the report
     for name, engine in systems.items():
         stages = {s.name: s for s, _ in engine.stages}
         if "rank" not in stages:
             continue
-        rep = stages["rank"].calibration(ds, engine.catalog, engine.retrieval, stages.get("prerank"), None,
-                                         split[windows["test"]], split.before(windows["test"]))
+        key = (id(getattr(stages["rank"], "net", stages["rank"])), id(stages.get("prerank")), id(engine.retrieval))
+        if key not in done:
+            done[key] = stages["rank"].calibration(ds, engine.catalog, engine.retrieval, stages.get("prerank"), None,
+                                                   split[windows["test"]], split.before(windows["test"]))
+        rep = done[key]
         reports[name] = {t: {k: v for k, v in r.items() if k != "reliability"} for t, r in rep.items()}
         for task, r in rep.items():
             if "reliability" in r:

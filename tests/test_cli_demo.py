@@ -23,6 +23,8 @@ def test_demo_runs_the_whole_funnel_on_the_tiny_world(tmp_path, capsys):
     assert m["systems"]["oracle"]["true_ndcg@10"] == 1.0
     assert {"click", "like", "exposure"} <= set(m["calibration"])  # configs/default.yaml: rank.exposure
     assert "no_exposure" in m["systems"]
+    # the same network on the same candidates: one calibration report serves both systems
+    assert m["calibration_by_system"]["no_exposure"] == m["calibration_by_system"]["engine"]
     bundle = (out / "artifacts" / "demo" / "latest")
     # the heavy rankers of the no_prerank / no_graph_features systems were trained that way (rank.ablate_upstream)
     assert {"rank_no_prerank", "rank_no_graph", "prerank_no_graph"} <= {p.name for p in bundle.iterdir()}
