@@ -23,13 +23,13 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from common import bench_world, pct, test_requests, timed  # noqa: E402  (benchmarks/common.py)
 from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
 
 import argparse
 import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,17 +39,6 @@ import numpy as np
 def machine() -> dict:
     return shared_machine_info()
 
-
-def pct(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()), "max_ms": float(a.max())}
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,40 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from recsys.configlib import SplitConfig
-    from recsys.data.catalog import Catalog, positives
-    from recsys.data.schema import read_dataset
-    from recsys.data.split import split_dataset
-    from recsys.data.synthetic import synthesize
     from recsys.features import FeatureInputs, assemble, resolve
     from recsys.prerank.stage import PrerankConfig, fit_on_split
-    from recsys.retrieval.stage import RetrievalConfig, RetrievalStage
-    from recsys.retrieval.train import TwoTowerConfig
 
     t_setup = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.data is None:
-            synthesize(args.preset, args.seed, Path(tmp) / "world", n_impressions=args.impressions)
-            ds = read_dataset(Path(tmp) / "world")
-        else:
-            ds = read_dataset(args.data)
-    split = split_dataset(ds, SplitConfig())
-    catalog = Catalog.from_dataset(ds, train=split["train"])
-    if catalog.n_items < args.candidates:
-        raise SystemExit(f"the catalogue has {catalog.n_items} items < --candidates {args.candidates}")
-    rcfg = RetrievalConfig(two_tower=TwoTowerConfig(dim=32, emb_dim=32, feature_dim=8, hidden=(64,), max_epochs=3,
-                                                    threads=1), index_factory="Flat", index_threads=1)
-    retrieval = RetrievalStage().fit(ds, catalog, split["train"], split["prerank"], rcfg)
+    ds, split, catalog, retrieval = bench_world(args.data, args.preset, args.seed, args.impressions, args.candidates,
+                                                "--candidates")
     pcfg = PrerankConfig(num_threads=1, n_estimators=args.trees, num_leaves=args.leaves, valid_fraction=0.0,
                          candidates_k=200, seed=args.seed)
     stage = fit_on_split(ds, catalog, retrieval, split, pcfg)
 
-    test = split["test"]
-    first = test.drop_duplicates(catalog.user_col)
-    first = first.iloc[np.random.default_rng(args.seed).permutation(len(first))[: args.users]]
-    context = {c: first[c].to_numpy() for c in ds.schema.context_columns if c in first.columns}
-    requests = catalog.requests(first[catalog.user_col].to_numpy(), first[catalog.time_col].to_numpy(),
-                                positives(split.before("test"), ds.schema.positive_label), context=context)
+    requests = test_requests(ds, split, catalog, args.users, args.seed)
     cands = retrieval.retrieve(requests, args.candidates)
     setup_s = time.perf_counter() - t_setup
     b = len(requests)

@@ -25,6 +25,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from common import bench_world, pct, test_requests, timed  # noqa: E402  (benchmarks/common.py)
 from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
 
 import argparse
@@ -32,7 +33,6 @@ import dataclasses
 import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,17 +42,6 @@ import numpy as np
 def machine() -> dict:
     return shared_machine_info()
 
-
-def pct(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()), "max_ms": float(a.max())}
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,34 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from recsys.configlib import SplitConfig
-    from recsys.data.catalog import Catalog, positives
-    from recsys.data.schema import read_dataset
-    from recsys.data.split import split_dataset
-    from recsys.data.synthetic import synthesize
     from recsys.engine import select_columns, top_columns
     from recsys.features import assemble
     from recsys.prerank.stage import PrerankConfig
     from recsys.prerank.stage import fit_on_split as prerank_fit
     from recsys.rank.stage import RankConfig, _RowsModel, fit_on_split, request_user_ids
     from recsys.rank.trainer import TrainConfig, predict
-    from recsys.retrieval.config import RetrievalConfig, TwoTowerConfig
-    from recsys.retrieval.stage import RetrievalStage
 
     t_setup = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.data is None:
-            synthesize(args.preset, args.seed, Path(tmp) / "world", n_impressions=args.impressions)
-            ds = read_dataset(Path(tmp) / "world")
-        else:
-            ds = read_dataset(args.data)
-    split = split_dataset(ds, SplitConfig())
-    catalog = Catalog.from_dataset(ds, train=split["train"])
-    if catalog.n_items < args.retrieve:
-        raise SystemExit(f"the catalogue has {catalog.n_items} items < --retrieve {args.retrieve}")
-    rcfg = RetrievalConfig(two_tower=TwoTowerConfig(dim=32, emb_dim=32, feature_dim=8, hidden=(64,), max_epochs=3,
-                                                    threads=1), index_factory="Flat", index_threads=1)
-    retrieval = RetrievalStage().fit(ds, catalog, split["train"], split["prerank"], rcfg)
+    ds, split, catalog, retrieval = bench_world(args.data, args.preset, args.seed, args.impressions, args.retrieve,
+                                                "--retrieve")
     prerank = prerank_fit(ds, catalog, retrieval, split, PrerankConfig(num_threads=1, candidates_k=200,
                                                                        seed=args.seed, ablate_graph=False))
     cfg = RankConfig(train=TrainConfig(max_epochs=args.epochs), seed=args.seed)
@@ -110,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = fit_on_split(ds, catalog, retrieval, prerank, prerank.ctx, split,
                           dataclasses.replace(cfg, arch="shared_bottom"))
 
-    test = split["test"]
-    first = test.drop_duplicates(catalog.user_col)
-    first = first.iloc[np.random.default_rng(args.seed).permutation(len(first))[: args.users]]
-    context = {c: first[c].to_numpy() for c in ds.schema.context_columns if c in first.columns}
-    requests = catalog.requests(first[catalog.user_col].to_numpy(), first[catalog.time_col].to_numpy(),
-                                positives(split.before("test"), ds.schema.positive_label), context=context)
+    requests = test_requests(ds, split, catalog, args.users, args.seed)
     cands = retrieval.retrieve(requests, args.retrieve)
     cands = select_columns(cands, top_columns(prerank.score(requests, cands)["score"], cands.items, args.candidates))
     setup_s = time.perf_counter() - t_setup
