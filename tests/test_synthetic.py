@@ -16,7 +16,7 @@ from recsys.data import synthetic as syn
 from recsys.data.schema import Role, read_dataset
 from recsys.data.synthetic import PRESETS, Oracle, WorldConfig, generate_world, synthesize
 
-TINY = PRESETS["tiny"]
+TINY = dataclasses.replace(PRESETS["tiny"], series_size=6.0)  # with the (optional) series and follows
 
 
 def _logit(p):
@@ -156,7 +156,42 @@ def test_link_graph_structure(world):
     same = (items.loc[links["src"], "category"].to_numpy() == items.loc[links["dst"], "category"].to_numpy()).mean()
     p = items["category"].value_counts(normalize=True).to_numpy()
     assert same > 2 * (p**2).sum()  # far more same-category links than random pairs would give
-    assert links.groupby("src").size().max() <= TINY.links_per_item
+    assert links.groupby("src").size().max() <= TINY.links_per_item + TINY.series_links
+
+
+def test_series_sequel_links_and_follows(world):
+    t, o = world.truth, world.oracle()
+    series, cat = t["item_series"].astype(np.int64), t["item_category"]
+    # a series lies within one category
+    assert (pd.Series(cat).groupby(series).nunique() == 1).all()
+    # each item links to (up to) the previous series_links items of its series
+    idx = o.item_index(world.item_links["src"].to_numpy()), o.item_index(world.item_links["dst"].to_numpy())
+    links = set(zip(*idx))
+    for s in np.unique(series)[:10]:
+        members = np.flatnonzero(series == s)  # creation order
+        for j in range(1, len(members)):
+            for lag in range(1, min(TINY.series_links, j) + 1):
+                assert (members[j], members[j - lag]) in links
+    # follows: CSR, sorted and unique per user; a followed series lies in a category the user has taste for
+    indptr, fan = t["user_fan_indptr"], t["user_fan_series"]
+    assert indptr[0] == 0 and indptr[-1] == len(fan) and (np.diff(indptr) >= 0).all()
+    for u in range(len(indptr) - 1):
+        row = fan[indptr[u]:indptr[u + 1]]
+        assert (np.diff(row) > 0).all()
+    assert 0.5 * TINY.fan_series < np.diff(indptr).mean() <= TINY.fan_series
+    # the fan effect: impressions of a followed series are clicked far more often (the policy also shows them)
+    df = world.interactions
+    f = o.follows(o.user_index(df["user_id"].to_numpy()), o.item_index(df["item_id"].to_numpy()))
+    assert 0.05 < f.mean() < 0.5
+    assert df["click"][f].mean() > 2 * df["click"][~f].mean()
+    assert world.params["stats"]["followed_impression_share"] == pytest.approx(f.mean())
+
+
+def test_series_can_be_disabled():
+    w = generate_world(dataclasses.replace(TINY, series_size=0.0), seed=0)
+    assert len(w.truth["user_fan_series"]) == 0 and w.params["stats"]["followed_impression_share"] == 0
+    assert w.item_links.groupby("src").size().max() <= TINY.links_per_item
+    assert w.interactions["click"].mean() == pytest.approx(TINY.target_ctr, rel=0.2)
 
 
 def test_click_and_like_are_driven_by_different_factors(world):
@@ -217,7 +252,10 @@ def _reference_p(params, arrays, uid, iid, ts, pos, hour, device):
         for d in range(arrays["item_vec"].shape[1])
     )
     q = float(arrays["item_quality"][i])
+    indptr = arrays["user_fan_indptr"]
+    follows = int(arrays["item_series"][i]) in set(arrays["user_fan_series"][indptr[u]:indptr[u + 1]].tolist())
     zc = (params["click_bias"] + params["click_affinity"] * aff + params["click_quality"] * q
+          + params["fan_affinity"] * follows
           - params["position_decay"] * math.log2(1 + pos)
           + params["hour_amplitude"] * math.cos(2 * math.pi * (hour - params["peak_hour"]) / 24)
           + params["device_effects"][device])
@@ -234,6 +272,8 @@ def test_oracle_matches_slow_reference(saved):
     arrays = {k: np.load(truth / f"{k}.npy", allow_pickle=False) for k in syn.TRUTH_ARRAYS}
     df = read_dataset(saved).interactions.sample(40, random_state=0)
     o = Oracle.load(truth)
+    followed = o.follows(o.user_index(df["user_id"].to_numpy()), o.item_index(df["item_id"].to_numpy()))
+    assert 0 < followed.sum() < len(df)  # both branches of the fan term are checked
     for r in df.itertuples():
         ref_c, ref_l = _reference_p(params, arrays, r.user_id, r.item_id, r.timestamp, r.position, r.hour, r.device)
         got_c = o.p_click([r.user_id], [r.item_id], [r.timestamp], [r.position], [r.hour], [r.device])[0]

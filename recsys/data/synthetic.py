@@ -14,14 +14,20 @@ attractiveness ``a`` as in Dorogovtsev, Mendes & Samukhin 2000 and a fitness ter
 2001), a fraction of them from the same category, the ``m`` best by
 ``w_s cos(v_i, v_j) + Gumbel noise``; in-degrees are updated between blocks of items (a vectorized
 approximation of the sequential process). PageRank of this graph is correlated with quality but also with age.
+**Series** (franchises, creators): category k holds ``round(n_k / series_size)`` series, each item joins one of
+its category's series uniformly, and each item also links to the previous ``series_links`` items of its series
+(sequel links). Series are hidden: only their links are in the dataset. Off by default (``series_size = 0``);
+e.g. ``recsys data synth --set series_size=6`` turns them on (the presets do not).
 
 **Users**: age bucket, country, primary device, category mix ``theta_u ~ Dirichlet(conc * p_cat * exp(T[age]))``,
 taste ``u_u = theta_u @ mu + spread * e_u`` drifting linearly: ``u_u(t) = u_u + delta_u * (t - t0) / span``,
-lognormal activity (sessions per user) and lognormal price sensitivity ``s_u``.
+lognormal activity (sessions per user) and lognormal price sensitivity ``s_u``; followed series ``F_u``:
+``Poisson(fan_series)`` draws, each a category from ``theta_u`` and one of its series uniformly.
 
 **Truth** (the oracle, :class:`Oracle`), with ``aff = u_u(t) . v_i`` and ``pz_i`` the standardized log price::
 
-    logit P(click) = b_c + a_c aff + q_c q_i - d log2(1 + position) + h cos(2 pi (hour - peak) / 24) + dev
+    logit P(click) = b_c + a_c aff + q_c q_i + f 1[series_i in F_u] - d log2(1 + position)
+                     + h cos(2 pi (hour - peak) / 24) + dev
     logit P(like | click) = b_l + q_l q_i - p_l s_u pz_i + G[age_u, c_i] + a_l aff
     P(like) = P(click) P(like | click)
     EV(u, i, t) = P(click | position 0, neutral context) * (1 + P(like | click))    (-inf before creation)
@@ -31,7 +37,8 @@ in the cascade/position-based click models (Craswell et al. 2008); the biases ``
 pilot log to hit ``target_ctr`` and ``target_like_given_click``.
 
 **Logging policy** per session: C candidates from popularity (inverse-CDF sampling over the created prefix),
-the user's categories (popularity-weighted, created items only) and uniform exploration; the slate is the
+the user's categories (popularity-weighted, created items only), uniform exploration and the user's followed
+series (a followed series, then one of its created items, uniformly: a "subscriptions" source); the slate is the
 top L by ``u_u . v_i + w_p log pop_i + N(0, noise^2)`` (stale taste: no drift), ordered by that score.
 Never O(U x N): sampling uses ``searchsorted`` on cumulative weights.
 
@@ -69,7 +76,7 @@ AGE_BUCKETS = ("18-24", "25-34", "35-44", "45-54", "55+")
 AGE_P = (0.15, 0.30, 0.25, 0.17, 0.13)
 COUNTRIES = ("US", "IN", "BR", "DE", "GB", "FR", "JP", "MX", "ID", "NG", "CA", "ES", "IT", "KR", "AU")
 WORLD_JSON = "world.json"
-TRUTH_FORMAT = 1
+TRUTH_FORMAT = 2  # 2: series, followed series and the fan term of the click model
 
 # truth/<name>.npy: name -> (dtype, description)
 TRUTH_ARRAYS: dict[str, tuple[str, str]] = {
@@ -87,6 +94,9 @@ TRUTH_ARRAYS: dict[str, tuple[str, str]] = {
     "user_price_sens": ("float32", "(U,) price sensitivity s"),
     "user_activity": ("float32", "(U,) relative session rate"),
     "like_age_category": ("float64", "(A, K) age bucket x category effect on like"),
+    "item_series": ("int32", "(N,) series index of each item (0..S-1)"),
+    "user_fan_indptr": ("int64", "(U+1,) CSR row pointers of the followed series per user"),
+    "user_fan_series": ("int32", "(F,) followed series, sorted within each user (CSR indices)"),
 }
 
 
@@ -125,6 +135,9 @@ class WorldConfig:
     link_degree_offset: float = 10.0  # attachment weight (in-degree + offset) * exp(link_quality_weight * q)
     link_similarity_weight: float = 4.0
     link_blocks: int = 50
+    # series (franchises / creators): hidden groups of items within a category
+    series_size: float = 0.0  # mean items per series (e.g. 6); 0 (default): no series, sequel links, follows
+    series_links: int = 2  # each item also links to the previous series_links items of its series (sequels)
     # users
     user_concentration: float = 2.0
     user_spread: float = 0.5
@@ -133,10 +146,13 @@ class WorldConfig:
     activity_sigma: float = 1.2
     price_sensitivity_sigma: float = 0.5
     primary_device_prob: float = 0.85
+    fan_series: float = 3.0  # mean number of followed series per user (Poisson)
+    fan_affinity: float = 1.5  # click logit boost on items of a followed series
     # logging policy
     candidates_popular: int = 20
     candidates_category: int = 20
     candidates_random: int = 10
+    candidates_followed: int = 5  # from the user's followed series ("subscriptions"), created items only
     policy_noise: float = 0.5
     policy_popularity_weight: float = 0.3
     diurnal_amplitude: float = 0.5
@@ -172,7 +188,8 @@ class WorldConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"WorldConfig.{name}: must be >= 1, got {getattr(self, name)}")
         nonneg = ("links_per_item", "prehistory_days", "candidates_popular", "candidates_category",
-                  "candidates_random", "item_spread", "popularity_sigma", "user_spread", "age_taste_std",
+                  "candidates_random", "candidates_followed", "series_size", "series_links", "fan_series",
+                  "item_spread", "popularity_sigma", "user_spread", "age_taste_std",
                   "drift_std", "activity_sigma", "price_sensitivity_sigma", "policy_noise", "position_decay",
                   "like_age_category_std", "price_log_std_category", "price_log_std_item", "link_degree_offset")
         for name in nonneg:
@@ -187,7 +204,7 @@ class WorldConfig:
         if n_cand < self.slate_size:
             raise ValueError(
                 f"WorldConfig: candidates_popular + candidates_category + candidates_random = {n_cand} must be "
-                f">= slate_size ({self.slate_size})"
+                f">= slate_size ({self.slate_size}) (followed-series candidates can be missing)"
             )
         for name, lo, hi in (("initial_item_fraction", 0.0, 1.0), ("link_same_category", 0.0, 1.0),
                              ("primary_device_prob", 0.0, 1.0), ("popularity_quality_corr", -1.0, 1.0),
@@ -349,6 +366,20 @@ class Oracle:
         self._start = int(params["start_ts"])
         self._span = float(params["span_seconds"])
         self._vec64: np.ndarray | None = None
+        self._series = np.asarray(arrays["item_series"], np.int64)
+        self._fan_indptr = np.asarray(arrays["user_fan_indptr"], np.int64)
+        self._fan_series = np.asarray(arrays["user_fan_series"], np.int64)
+        n_users = len(self.user_ids)
+        if len(self._series) != len(self.item_ids) or len(self._fan_indptr) != n_users + 1 \
+                or self._fan_indptr[-1] != len(self._fan_series):
+            raise ValueError(
+                f"Oracle: series arrays do not fit: item_series {self._series.shape} for {len(self.item_ids)} "
+                f"items, user_fan_indptr {self._fan_indptr.shape} for {n_users} users, user_fan_series "
+                f"{self._fan_series.shape}"
+            )
+        self.n_series = int(self._series.max()) + 1 if len(self._series) else 0
+        rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(self._fan_indptr))
+        self._fan_keys = np.sort(rows * max(self.n_series, 1) + self._fan_series)  # (F,) user * S + series
 
     @classmethod
     def load(cls, truth_dir: str | Path) -> "Oracle":
@@ -414,10 +445,29 @@ class Oracle:
             eff = eff + self._dev_effect[self._device_codes(device, n)]
         return eff
 
-    def _click_logit(self, aff: np.ndarray, i: np.ndarray, ctx: np.ndarray | float) -> np.ndarray:
+    def follows(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """(P,) user and item *indices* -> (P,) bool: does user u follow the series of item i."""
+        if not len(self._fan_keys):
+            return np.zeros(len(u), bool)
+        key = np.asarray(u, np.int64) * max(self.n_series, 1) + self._series[i]
+        pos = np.minimum(np.searchsorted(self._fan_keys, key), len(self._fan_keys) - 1)
+        return self._fan_keys[pos] == key
+
+    def _follows_matrix(self, u: np.ndarray) -> np.ndarray:
+        """(B,) user indices -> (B, N) float64 1.0 where the user follows the item's series."""
+        lo, hi = self._fan_indptr[u], self._fan_indptr[u + 1]
+        n = hi - lo
+        rows = np.repeat(np.arange(len(u)), n)
+        idx = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(n.sum())
+        fan = np.zeros((len(u), max(self.n_series, 1)), np.float64)
+        fan[rows, self._fan_series[idx]] = 1.0
+        return fan[:, self._series]
+
+    def _click_logit(self, aff: np.ndarray, u: np.ndarray, i: np.ndarray, ctx: np.ndarray | float) -> np.ndarray:
         p = self.params
         q = self.quality[i].astype(np.float64)
-        return p["click_bias"] + p["click_affinity"] * aff + p["click_quality"] * q + ctx
+        return (p["click_bias"] + p["click_affinity"] * aff + p["click_quality"] * q
+                + p["fan_affinity"] * self.follows(u, i) + ctx)
 
     def _like_logit(self, aff: np.ndarray, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         p = self.params
@@ -433,7 +483,7 @@ class Oracle:
         """Index-level pairs -> (logit P(click), logit P(like | click)), both (P,) float64."""
         aff = self._affinity(u, i, ts)
         ctx = self._context_effect(len(u), position, hour, device)
-        return self._click_logit(aff, i, ctx), self._like_logit(aff, u, i)
+        return self._click_logit(aff, u, i, ctx), self._like_logit(aff, u, i)
 
     def _truth_idx(self, u, i, ts, position=None, hour=None, device=None) -> tuple[np.ndarray, np.ndarray]:
         """Index-level pairs -> (P(click), P(like | click)), both (P,) float64; 0 click prob before creation."""
@@ -493,7 +543,7 @@ class Oracle:
         for a in range(0, len(u), step):
             ub, tb = u[a : a + step], ts[a : a + step]
             aff = self._user_at(ub, tb) @ self._vec64.T  # (b, N)
-            pc = expit(click_item + p["click_affinity"] * aff)
+            pc = expit(click_item + p["click_affinity"] * aff + p["fan_affinity"] * self._follows_matrix(ub))
             ll = like_item - p["like_price"] * self._sens[ub].astype(np.float64)[:, None] * pz
             ll += self._age_cat[self._age[ub]][:, self._cat]
             ll += p["like_affinity"] * aff
@@ -582,6 +632,60 @@ def _link_graph(items: dict[str, np.ndarray], cfg: WorldConfig, rng: np.random.G
     return np.concatenate(srcs), np.concatenate(dsts)
 
 
+def _make_series(cat: np.ndarray, cfg: WorldConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) item categories -> ((N,) int64 series of each item, (S,) int64 category of each series).
+
+    Category k holds ``max(1, round(n_k / series_size))`` series and each of its items joins one uniformly at
+    random; with ``series_size = 0`` every item is its own series.
+    """
+    n, k = len(cat), cfg.n_categories
+    if cfg.series_size == 0 or n == 0:
+        return np.arange(n, dtype=np.int64), cat.astype(np.int64)
+    counts = np.bincount(cat, minlength=k)
+    per_cat = np.where(counts > 0, np.maximum(1, np.round(counts / cfg.series_size)), 0).astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(per_cat)[:-1]])
+    series = first[cat] + np.minimum((rng.random(n) * per_cat[cat]).astype(np.int64), per_cat[cat] - 1)
+    return series, np.repeat(np.arange(k, dtype=np.int64), per_cat)
+
+
+def _sequel_links(series: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item links to the previous ``n_links`` items of its series (items are in creation order)."""
+    order = np.argsort(series, kind="stable")  # by series, then creation
+    srcs, dsts = [], []
+    for lag in range(1, n_links + 1):
+        a, b = order[lag:], order[:-lag]
+        same = series[a] == series[b]
+        srcs.append(a[same])
+        dsts.append(b[same])
+    if not srcs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(srcs).astype(np.int64), np.concatenate(dsts).astype(np.int64)
+
+
+def _follows(theta: np.ndarray, series_cat: np.ndarray, cfg: WorldConfig, rng: np.random.Generator):
+    """Followed series per user: ``Poisson(fan_series)`` draws, each a category from ``theta_u`` and a series
+    of it uniformly (duplicates merged). Returns CSR ``(indptr (U+1,) int64, series (F,) int32)``."""
+    u_n, k = theta.shape
+    if cfg.series_size == 0 or cfg.fan_series == 0 or len(series_cat) == 0:
+        return np.zeros(u_n + 1, np.int64), np.zeros(0, np.int32)
+    n_draw = rng.poisson(cfg.fan_series, u_n)
+    users = np.repeat(np.arange(u_n), n_draw)
+    cum = np.cumsum(theta.astype(np.float64), axis=1)
+    cum /= cum[:, -1:]
+    cum += np.arange(u_n)[:, None]  # row u's CDF shifted to [u, u + 1]: one searchsorted for all draws
+    c = np.searchsorted(cum.ravel(), users + rng.random(len(users)), side="right") - users * k
+    c = np.clip(c, 0, k - 1)  # category ~ theta_u
+    counts = np.bincount(series_cat, minlength=k)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ok = counts[c] > 0
+    users, c = users[ok], c[ok]
+    s = first[c] + np.minimum((rng.random(len(c)) * counts[c]).astype(np.int64), counts[c] - 1)
+    keys = np.unique(users * len(series_cat) + s)  # sorted by user, then series; duplicates merged
+    u_of, s_of = keys // len(series_cat), keys % len(series_cat)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(u_of, minlength=u_n))]).astype(np.int64)
+    return indptr, s_of.astype(np.int32)
+
+
 def _make_users(cfg: WorldConfig, centres: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     n, k, d = cfg.n_users, cfg.n_categories, cfg.dim
     age = rng.choice(len(AGE_BUCKETS), size=n, p=AGE_P).astype(np.int32)
@@ -620,6 +724,12 @@ class _Policy:
         self.t_min = int(self.created.min())
         self.t_range = int(self.created.max()) - self.t_min + 1
         self.cat_key = cat[self.cat_order] * self.t_range + (self.created[self.cat_order] - self.t_min)
+        series = items["series"]
+        self.ser_order = np.argsort(series, kind="stable")  # by series, then creation
+        self.ser_key = series[self.ser_order] * self.t_range + (self.created[self.ser_order] - self.t_min)
+        self.ser_start = np.searchsorted(series[self.ser_order], np.arange(int(series.max()) + 1 if len(series)
+                                                                            else 0))
+        self.fan_indptr, self.fan_series = users["fan_indptr"], users["fan_series"].astype(np.int64)
         self.cum_theta = np.cumsum(users["theta"], axis=1)  # (U, K) float32
         self.uvec = users["vec"]
         self.cum_activity = np.cumsum(users["activity"].astype(np.float64))
@@ -664,6 +774,19 @@ class _Policy:
         if cfg.candidates_random:
             r = np.floor(rng.random((b, cfg.candidates_random)) * n_created).astype(np.int64)
             parts.append(np.where(n_created > 0, r, -1))
+        if cfg.candidates_followed and len(self.fan_series):  # no follows (series off): no draws either
+            kf = cfg.candidates_followed
+            lo, n_fan = self.fan_indptr[users][:, None], np.diff(self.fan_indptr)[users][:, None]
+            j = lo + np.minimum((rng.random((b, kf)) * n_fan).astype(np.int64), np.maximum(n_fan - 1, 0))
+            s = self.fan_series[np.minimum(j, max(len(self.fan_series) - 1, 0))] if len(self.fan_series) else \
+                np.zeros((b, kf), np.int64)  # (B, kf) a followed series, then one of its created items
+            key = s * self.t_range + np.clip(ts[:, None] - self.t_min, 0, self.t_range - 1)
+            hi = _searchsorted(self.ser_key, key, side="right")
+            first = self.ser_start[s] if len(self.ser_start) else np.zeros_like(s)
+            pos = first + np.minimum((rng.random((b, kf)) * (hi - first)).astype(np.int64),
+                                     np.maximum(hi - first - 1, 0))
+            ok = (n_fan > 0) & (hi > first)
+            parts.append(np.where(ok, self.ser_order[np.clip(pos, 0, len(self.ser_order) - 1)], -1))
         cand = np.concatenate(parts, axis=1)  # (B, C)
         safe = np.maximum(cand, 0)
         score = np.matmul(self.vec[safe], self.uvec[users][:, :, None])[..., 0]  # (B, C) stale u . v
@@ -713,6 +836,7 @@ def _params(cfg: WorldConfig, seed: int, click_bias: float, like_bias: float) ->
         "click_bias": float(click_bias),
         "click_affinity": cfg.click_affinity,
         "click_quality": cfg.click_quality,
+        "fan_affinity": cfg.fan_affinity,
         "position_decay": cfg.position_decay,
         "hour_amplitude": cfg.hour_amplitude,
         "peak_hour": cfg.peak_hour,
@@ -722,7 +846,8 @@ def _params(cfg: WorldConfig, seed: int, click_bias: float, like_bias: float) ->
         "like_affinity": cfg.like_affinity,
         "formulas": {
             "affinity": "u_u(t) . v_i with u_u(t) = user_vec + user_drift * (t - start_ts) / span_seconds",
-            "p_click": "sigmoid(click_bias + click_affinity*aff + click_quality*q - position_decay*log2(1+pos)"
+            "p_click": "sigmoid(click_bias + click_affinity*aff + click_quality*q + fan_affinity*follows(u, series_i)"
+            " - position_decay*log2(1+pos)"
             " + hour_amplitude*cos(2*pi*(hour-peak_hour)/24) + device_effects[device])",
             "p_like_given_click": "sigmoid(like_bias + like_quality*q - like_price*price_sens*price_z"
             " + like_age_category[age, category] + like_affinity*aff)",
@@ -814,12 +939,20 @@ def generate_world(cfg: WorldConfig, seed: int) -> World:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"generate_world: seed must be a non-negative int, got {seed!r}")
     t0 = time.perf_counter()
-    r_items, r_links, r_users, r_pilot, r_sess, r_chunks = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(6)
+    r_items, r_links, r_users, r_pilot, r_sess, r_chunks, r_series = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)
     )
     items = _make_items(cfg, r_items)
+    items["series"], series_cat = _make_series(items["category"].astype(np.int64), cfg, r_series)
     src, dst = _link_graph(items, cfg, r_links)
+    if cfg.series_size and cfg.series_links:
+        s2, d2 = _sequel_links(items["series"], cfg.series_links)
+        keys = np.concatenate([src * cfg.n_items + dst, s2 * cfg.n_items + d2])
+        _, first = np.unique(keys, return_index=True)
+        keep = np.sort(first)  # preferential-attachment links first, then the new sequel links
+        src, dst = np.concatenate([src, s2])[keep], np.concatenate([dst, d2])[keep]
     users = _make_users(cfg, items["centres"], r_users)
+    users["fan_indptr"], users["fan_series"] = _follows(users["theta"], series_cat, cfg, r_series)
     logger.info("items, links (%d), users in %.2fs", len(src), time.perf_counter() - t0)
     truth = {
         "item_ids": ITEM_ID_OFFSET + np.arange(cfg.n_items, dtype=np.int64),
@@ -836,6 +969,9 @@ def generate_world(cfg: WorldConfig, seed: int) -> World:
         "user_price_sens": users["price_sens"],
         "user_activity": users["activity"],
         "like_age_category": users["like_age_category"].astype(np.float64),
+        "item_series": items["series"].astype(np.int32),
+        "user_fan_indptr": users["fan_indptr"],
+        "user_fan_series": users["fan_series"],
     }
     policy = _Policy(cfg, items, users)
 
@@ -893,6 +1029,8 @@ def generate_world(cfg: WorldConfig, seed: int) -> World:
         n += m
     logger.info("%d impressions in %d sessions, %.2fs total", n, n_sess, time.perf_counter() - t0)
 
+    followed = oracle.follows(out_u[:n].astype(np.int64), out_i[:n].astype(np.int64))
+    followed_clicks = followed[out_c[:n] == 1]
     interactions = pd.DataFrame(
         {
             "user_id": truth["user_ids"][out_u[:n]],
@@ -933,6 +1071,10 @@ def generate_world(cfg: WorldConfig, seed: int) -> World:
         "ctr": float(interactions["click"].mean()) if n else 0.0,
         "like_rate": float(interactions["like"].mean()) if n else 0.0,
         "links": int(len(links_df)),
+        "series": int(len(series_cat)),
+        "follows": int(len(truth["user_fan_series"])),
+        "followed_impression_share": float(followed.mean()) if n else 0.0,
+        "followed_click_share": float(followed_clicks.mean()) if len(followed_clicks) else 0.0,
     }  # deterministic: no timings here (world.json must not change between identical runs)
     return World(cfg, int(seed), interactions, users_df, items_df, links_df, truth, params)
 
