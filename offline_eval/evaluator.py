@@ -616,8 +616,13 @@ def compare(a: SystemEval, b: SystemEval, metric: str = PRIMARY_METRIC, n_sample
     }
 
 
+#: a system named ``<parent><suffix>`` is an ablation of system ``<parent>`` and is compared with it
+ABLATION_SUFFIXES = ("_no_graph",)
+
+
 def _comparisons(evals: Mapping[str, SystemEval], baseline_names: Sequence[str], cfg: EvalConfig) -> list[dict]:
-    """Each system vs the best baseline (by the primary metric); 'engine' vs every other system."""
+    """Each system vs the best baseline (by the primary metric); 'engine' vs every other system; a system vs its
+    ablation (:data:`ABLATION_SUFFIXES`, e.g. ``prerank_only`` vs ``prerank_only_no_graph``)."""
     pairs: list[tuple[str, str]] = []
     n_users = min((len(e.user_ids) for e in evals.values()), default=0)
     if cfg.bootstrap_samples < 1 or n_users < 2:
@@ -629,12 +634,16 @@ def _comparisons(evals: Mapping[str, SystemEval], baseline_names: Sequence[str],
         pairs += [(n, best) for n in evals if n != best]
     if "engine" in evals:
         pairs += [("engine", n) for n in evals if n != "engine" and ("engine", n) not in pairs]
+    ablated = [(n[: -len(sfx)], n) for n in evals for sfx in ABLATION_SUFFIXES
+               if n.endswith(sfx) and n[: -len(sfx)] in evals and n[: -len(sfx)] != "engine"]
+    pairs += ablated
     out = [compare(evals[a], evals[b], PRIMARY_METRIC, cfg.bootstrap_samples, cfg.seed) for a, b in pairs]
     true_metric = f"true_ndcg@{TRUE_VALUE_K}"
     if "engine" in evals and true_metric in evals["engine"].per_user:
-        # synthetic worlds: the same comparisons of the engine on the exposure-free true-value metric
+        # synthetic worlds: the same comparisons of the engine (and of the ablation pairs) on the exposure-free
+        # true-value metric
         out += [compare(evals[a], evals[b], true_metric, cfg.bootstrap_samples, cfg.seed)
-                for a, b in pairs if a == "engine"]
+                for a, b in pairs if a == "engine" or (a, b) in ablated]
     return out
 
 

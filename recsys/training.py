@@ -14,6 +14,7 @@ its user vocabulary holds the users of the ``train`` window. The bundle's servin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -95,28 +96,33 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
     if cfg.rank.enabled and "rank" in windows:
         from recsys.rank.stage import fit_on_split as fit_rank
 
-        scoring["rank"] = fit_rank(ds, catalog, retrieval, scoring.get("prerank"), None, split, cfg.rank)
+        # point-in-time features: the heavy ranker's rows (and the pre-ranker scores among them) are computed
+        # with a feature context as of the start of its window, as a production log of served features would
+        # be, and as serving computes them after refresh_snapshot (no train/serve skew in feature freshness)
+        at_rank = ContextsAt(ds, catalog, lookback_events(split, windows, "rank", catalog.time_col))
+
+        def fit(upstream, rank_cfg):
+            return fit_rank(ds, catalog, retrieval, at_rank.stage(upstream), at_rank.get(rank_cfg), split, rank_cfg)
+
+        scoring["rank"] = fit(scoring.get("prerank"), cfg.rank)
         metrics["rank"] = scoring["rank"].valid_metrics
         if cfg.rank.ablate_arch:
             # the same heavy ranker with another multi-task core, for the `shared_bottom` / `single_task` systems
             for arch in ABLATION_ARCHS:
                 if arch == cfg.rank.arch:
                     continue
-                alt = dataclasses.replace(cfg.rank, arch=arch)
-                scoring[f"rank_{arch}"] = fit_rank(ds, catalog, retrieval, scoring.get("prerank"), None, split, alt)
+                scoring[f"rank_{arch}"] = fit(scoring.get("prerank"), dataclasses.replace(cfg.rank, arch=arch))
                 metrics[f"rank_{arch}"] = scoring[f"rank_{arch}"].valid_metrics
         if cfg.rank.ablate_upstream and "prerank" in scoring:
             # the heavy ranker learns from its upstream stages' outputs (candidates, the pre-ranker's score), so a
             # system with an upstream stage removed or changed gets a heavy ranker trained that way
-            scoring[NO_PRERANK_RANK] = fit_rank(ds, catalog, retrieval, None, None, split,
-                                                dataclasses.replace(cfg.rank, features=tuple(
-                                                    n for n in scoring["rank"].enc.names if n != "prerank_score")))
+            scoring[NO_PRERANK_RANK] = fit(None, dataclasses.replace(cfg.rank, features=tuple(
+                n for n in scoring["rank"].enc.names if n != "prerank_score")))
             metrics[NO_PRERANK_RANK] = scoring[NO_PRERANK_RANK].valid_metrics
             if NO_GRAPH_STAGE in scoring:
                 no_graph = dataclasses.replace(cfg.rank, features=tuple(
                     n for n in scoring["rank"].enc.names if n not in GRAPH_FEATURES))
-                scoring[NO_GRAPH_RANK] = fit_rank(ds, catalog, retrieval, scoring[NO_GRAPH_STAGE], None, split,
-                                                  no_graph)
+                scoring[NO_GRAPH_RANK] = fit(scoring[NO_GRAPH_STAGE], no_graph)
                 metrics[NO_GRAPH_RANK] = scoring[NO_GRAPH_RANK].valid_metrics
     if cfg.retrieval.refit:
         catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, retrieval, scoring)
@@ -129,10 +135,46 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
     return write_bundle(out, writers, config=to_dict(cfg), data=data, metrics=metrics)
 
 
+def lookback_events(split: Split, windows: dict, at: str, time_col: str):
+    """The events a feature context sees when a stage serves the window ``at``: everything before it, within
+    a look-back as long as the retrieval window (so count features keep the scale they were trained with)."""
+    history = split.before(windows[at])
+    train = split[windows["retrieval"]]
+    tcol = time_col
+    lookback = int(train[tcol].max() - train[tcol].min()) + 1
+    end = int(split[windows[at]][tcol].min()) if len(split[windows[at]]) else int(history[tcol].max()) + 1
+    return history[history[tcol].to_numpy() >= end - lookback]
+
+
+class ContextsAt:
+    """Feature contexts fitted on one set of events (:func:`lookback_events`), one per distinct
+    ``(graph, feature_params)`` of the stages that ask."""
+
+    def __init__(self, ds: Dataset, catalog: Catalog, events) -> None:
+        self.ds, self.catalog, self.events = ds, catalog, events
+        self._cache: dict[str, object] = {}
+
+    def get(self, stage_cfg):
+        from recsys.features import FeatureContext
+
+        key = repr((stage_cfg.graph, stage_cfg.feature_params))
+        if key not in self._cache:
+            self._cache[key] = FeatureContext.fit(self.ds, self.catalog, self.events, stage_cfg.graph,
+                                                  stage_cfg.feature_params)
+        return self._cache[key]
+
+    def stage(self, stage):
+        """A shallow copy of a fitted scoring stage (or None) that computes its features with these events."""
+        if stage is None:
+            return None
+        out = copy.copy(stage)
+        out.ctx = self.get(stage.cfg)
+        return out
+
+
 def refresh_snapshot(ds: Dataset, cfg: Config, split: Split, windows: dict, retrieval, scoring: dict):
     """Retrain retrieval on every window before the held-out one and refit each scoring stage's feature
     context on the same look-back ending there. Returns the serving (catalog, retrieval stage)."""
-    from recsys.features import FeatureContext
     from recsys.retrieval.stage import RetrievalStage
 
     history = split.before(windows["test"])
@@ -144,17 +186,9 @@ def refresh_snapshot(ds: Dataset, cfg: Config, split: Split, windows: dict, retr
     logger.info("refit: two-tower on %d windows before %r for %d epochs (%d users)",
                 split.names.index(windows["test"]), windows["test"], tt.max_epochs, serving.n_users)
     refit = RetrievalStage().fit(ds, serving, history, None, dataclasses.replace(cfg.retrieval, two_tower=tt))
-    train = split[windows["retrieval"]]
-    tcol = serving.time_col
-    lookback = int(train[tcol].max() - train[tcol].min()) + 1
-    end = int(split[windows["test"]][tcol].min()) if len(split[windows["test"]]) else int(history[tcol].max()) + 1
-    recent = history[history[tcol].to_numpy() >= end - lookback]
-    contexts: dict = {}
-    for name, stage in scoring.items():
-        key = repr((stage.cfg.graph, stage.cfg.feature_params))
-        if key not in contexts:
-            contexts[key] = FeatureContext.fit(ds, serving, recent, stage.cfg.graph, stage.cfg.feature_params)
-        stage.ctx = contexts[key]
+    at_test = ContextsAt(ds, serving, lookback_events(split, windows, "test", serving.time_col))
+    for stage in scoring.values():
+        stage.ctx = at_test.get(stage.cfg)
     return serving, refit
 
 
@@ -188,7 +222,8 @@ def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
     multi-task core, when the bundle has them), ``no_exposure`` (a heavy ranker with the exposure head valuing
     candidates without the exposure factor, ``rank.value.exposure_power = 0``), ``no_graph_features`` (the
     pre-ranker trained without its graph features, when the bundle has it, followed by the heavy ranker trained
-    on it without graph features when the bundle has that).
+    on it without graph features when the bundle has that) and ``prerank_only_no_graph`` (that pre-ranker alone,
+    the counterpart of ``prerank_only``; the evaluation compares the two).
     """
     out: dict[str, Engine] = {}
     names = [s.name for s, _ in engine.stages]
@@ -233,6 +268,10 @@ def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
             swap["rank"].name = "rank"
         stages = [(swap.get(s.name, s), c) for s, c in engine.stages]
         out["no_graph_features"] = dataclasses.replace(engine, stages=stages, name="no_graph_features")
+        if "prerank_only" in out:
+            # the pre-ranker alone with and without its graph features: no heavy ranker in between
+            stages = [(alt if s.name == "prerank" else s, c) for s, c in out["prerank_only"].stages]
+            out["prerank_only_no_graph"] = dataclasses.replace(engine, stages=stages, name="prerank_only_no_graph")
     return out
 
 

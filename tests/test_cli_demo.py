@@ -28,5 +28,9 @@ def test_demo_runs_the_whole_funnel_on_the_tiny_world(tmp_path, capsys):
     bundle = (out / "artifacts" / "demo" / "latest")
     # the heavy rankers of the no_prerank / no_graph_features systems were trained that way (rank.ablate_upstream)
     assert {"rank_no_prerank", "rank_no_graph", "prerank_no_graph"} <= {p.name for p in bundle.iterdir()}
+    # the pre-ranker alone with and without its graph features, compared with each other
+    assert "prerank_only_no_graph" in m["systems"]
+    pair = [c for c in m["comparisons"] if (c["a"], c["b"]) == ("prerank_only", "prerank_only_no_graph")]
+    assert {c["metric"] for c in pair} == {"ndcg@10", "true_ndcg@10"}
     assert set(m["funnel"]["engine"]) >= {"retrieval", "prerank", "rank"}
     assert (out / "report" / "reliability.png").is_file()
