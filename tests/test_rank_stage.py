@@ -24,11 +24,13 @@ from recsys.rank.stage import (
     ANY_TASK,
     SOURCE_DEPENDENT,
     Examples,
+    InputEncoder,
     RankConfig,
     RankStage,
     build_rank_rows,
     default_features,
     detect_esmm_parents,
+    level_offsets,
     recalibrate_multitask,
     reliability_tables,
     score_auc,
@@ -122,6 +124,43 @@ def test_recalibration_formula_matches_he_et_al_and_keeps_the_esmm_conditional()
     np.testing.assert_allclose(q[:, 0], recalibrate(p_click, w), rtol=1e-12)  # the cover task: He et al.
     np.testing.assert_allclose(q[:, 1], recalibrate(p_click, w) * cond, rtol=1e-12)  # child = q_parent * cond
     np.testing.assert_array_equal(recalibrate_multitask(q, p_click, 1.0), q)  # w = 1: untouched
+
+
+def test_level_offsets_put_the_recalibrated_level_on_the_full_distribution():
+    from recsys.rank.trainer import intercept_offsets
+
+    rng = np.random.default_rng(0)
+    R, w = 40_000, 0.1
+    z_click = rng.normal(-3.0, 1.5, R)
+    click = rng.random(R) < expit(z_click)
+    like = click & (rng.random(R) < expit(rng.normal(-1.0, 1.0, R)))
+    shown = click | (rng.random(R) < 0.3)
+    Y_full = np.stack([click, like, shown], axis=1).astype(float)
+    thinned_full = ~click  # all task labels 0: kept at rate w
+    keep = ~thinned_full | (rng.random(R) < w)
+    Y, thinned = Y_full[keep], thinned_full[keep]
+    W = np.ones_like(Y)
+    W[:, 2] = np.where(shown[keep] & thinned, 1.0 / w, 1.0)  # as the stage weights the exposure head
+    # a model that is right in ranking but off in level and slope on every head (logits on the kept rows)
+    logits = np.stack([1.6 * z_click[keep] + 1.0, rng.normal(0.5, 1.0, keep.sum()), rng.normal(0.0, 1.0, keep.sum())],
+                      axis=1)
+    d = level_offsets(logits, Y, W, [None, 0, None], 0, 2, w, thinned)
+    # the served probabilities, computed independently: ESMM product, He et al. recalibration
+    pc = expit(logits[:, 0] + d[0])
+    pl = pc * expit(logits[:, 1] + d[1])
+    pe = expit(logits[:, 2] + d[2])
+    qc, ql = pc / (pc + (1 - pc) / w), pl / (pc + (1 - pc) / w)
+    qe = pe / (pe + (1 - pe) / w)
+    omega = np.where(thinned[:, None] & (Y == 0), 1.0 / w, 1.0) * W
+    for j, q in enumerate((qc, ql, qe)):
+        # the full distribution's label sums, estimated from the kept rows, equal the served probabilities' sums
+        assert (omega[:, j] * q).sum() == pytest.approx((omega[:, j] * Y[:, j]).sum(), rel=1e-6)
+    # and that estimate is the full log's: the level matches the rows before downsampling (sampling noise only)
+    assert (omega[:, 0] * Y[:, 0]).sum() == pytest.approx(Y_full[:, 0].sum(), rel=1e-9)
+    assert (omega[:, 2] * Y[:, 2]).sum() == pytest.approx(Y_full[:, 2].sum(), rel=0.05)
+    # without downsampling and exposure it is the plain intercept correction
+    np.testing.assert_allclose(level_offsets(logits[:, :2], Y[:, :2], W[:, :2], [None, 0], 0, None, 1.0, thinned),
+                               intercept_offsets(logits[:, :2], Y[:, :2], [None, 0]), atol=1e-9)
 
 
 def test_downsample_w_must_be_in_0_1():
@@ -368,6 +407,32 @@ def test_inputs_and_default_features(world, downsampled):
     assert np.isfinite(dense).all() and dense.shape[1] == enc.n_dense
     if enc.missing:  # missing indicators: 1 for the NaN row
         assert (dense[0, len(enc.dense):] == 1).all() and (dense[1, len(enc.dense):] == 0).all()
+
+
+def test_dense_log_transform_and_its_json():
+    rng = np.random.default_rng(0)
+    X = np.stack([rng.lognormal(3.0, 2.0, 500), rng.normal(0, 1, 500), rng.integers(0, 3, 500)], axis=1)
+    X[::7, 0] = np.nan
+    names = ["count", "score", "code"]
+    plain = InputEncoder.fit(X, np.arange(500), names, ["code"], 10, 0, False)
+    logged = InputEncoder.fit(X, np.arange(500), names, ["code"], 10, 0, False, log=True)
+    s = np.sign(X[:, :2]) * np.log1p(np.abs(X[:, :2]))  # the documented transform, by hand
+    ok = np.isfinite(s)
+    np.testing.assert_allclose(logged.mean, [s[ok[:, j], j].mean() for j in range(2)])
+    _, d_log = logged.transform(X, None)
+    _, d_plain = plain.transform(X, None)
+    np.testing.assert_allclose(d_log[:, :2][ok], (np.clip((s - logged.mean) / logged.std, -5, 5))[ok], rtol=1e-5)
+    assert (d_log[~ok[:, 0], 2] == 1).all()  # the missing indicator is unchanged by the transform
+    # the heavy tail no longer squeezes the bulk: the inter-quartile range spans more of the standard scale
+    q = lambda v: np.subtract(*np.nanpercentile(v, [75, 25]))  # noqa: E731
+    assert q(d_log[ok[:, 0], 0]) > 2 * q(d_plain[ok[:, 0], 0])
+    # monotone: the order within a feature is kept
+    r = ok[:, 0]
+    assert (np.argsort(d_log[r, 0], kind="stable") == np.argsort(X[r, 0], kind="stable")).all()
+    back = InputEncoder.from_json(json.loads(json.dumps(logged.to_json())), logged.mean, logged.std, None)
+    assert back.log and np.array_equal(back.transform(X, None)[1], d_log)
+    old = {k: v for k, v in logged.to_json().items() if k != "log"}  # a bundle from before the transform
+    assert not InputEncoder.from_json(old, plain.mean, plain.std, None).log
 
 
 def test_task_errors_and_constant_task_is_skipped(world, caplog):

@@ -86,6 +86,10 @@ class RankConfig:
     user_dropout       with user_id: probability that a training row's user is replaced by the OOV row (which
                        serves unknown users and users without training rows), so that row learns the average user
     features           feature names (:mod:`recsys.features`); empty: all available but SOURCE_DEPENDENT
+    dense_log          dense features enter as ``sign(x) log(1 + |x|)`` before standardisation: counts, PPR mass,
+                       ages and co-engagement are heavy-tailed, and a z-score alone squeezes most rows into a
+                       sliver near the mean while the tail is clipped at 5 (monotone: ranks within a feature
+                       are unchanged)
     downsample_w       keep rate w in (0, 1] of rows whose labels are all 0 (1: no downsampling)
     examples           which (user, item) rows to learn from (:class:`Examples`): auto | impressions | funnel | both
     exposure           also learn P(shown | funnel candidate), the logging policy's exposure, as an extra head
@@ -125,6 +129,7 @@ class RankConfig:
     user_id: bool = False
     user_dropout: float = 0.1
     features: tuple[str, ...] = ()
+    dense_log: bool = True
     downsample_w: float = 1.0
     retrieve_k: int = 200
     examples: Examples = Examples.AUTO

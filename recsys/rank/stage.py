@@ -36,7 +36,8 @@ T tasks, G requests of a window (one per user), L history length, D embedding di
 **Inputs** (:class:`InputEncoder`): the dense features are the NUMERIC features of
 :func:`recsys.features.assemble` (the same function the pre-ranker, the evaluator and the HTTP service call, so
 training and serving cannot compute a feature differently), standardised with the training rows' mean and
-standard deviation, ``z = clip((x - mean) / std, -5, 5)``; a missing value (NaN) becomes 0 (the mean) and,
+standard deviation, ``z = clip((x - mean) / std, -5, 5)`` (with ``rank.dense_log``, the default, of
+``x = sign(v) log(1 + |v|)`` for a feature value ``v``); a missing value (NaN) becomes 0 (the mean) and,
 for each feature that had missing values in training, a 0/1 missing-indicator column is appended. The
 features default to every available feature except those describing the candidate's *source*
 (:data:`SOURCE_DEPENDENT`): the impressions appended to the training rows have source ``impression``, which
@@ -140,7 +141,7 @@ from recsys.graph import GraphConfig
 from recsys.io import read_stage_meta, write_json
 from recsys.prerank.stage import _append_extras, split_groups
 from recsys.rank.mmoe import ARCHITECTURES, RankerNet, TargetAttentionPooling, build_multitask, ranker_input_dim
-from recsys.rank.trainer import FitHistory, TrainConfig, fit_multitask, intercept_offsets, predict, predict_logits
+from recsys.rank.trainer import FitHistory, TrainConfig, fit_multitask, predict, predict_logits
 from recsys.rank.config import ANY_TASK, ARCHITECTURE_NAMES, Examples, RankConfig, TrainConfig  # noqa: F401
 from recsys.rank.value import EXPOSURE, ValueConfig, value
 from recsys.retrieval.sources import Candidates
@@ -461,7 +462,8 @@ class InputEncoder:
 
     names     the assembled feature names (``assemble`` column order)
     embedded  names of the embedded features, in field order; ``levels`` their sorted float64 levels
-    dense     names of the dense features, in column order; ``mean`` / ``std`` (F_d,) float64
+    dense     names of the dense features, in column order; ``mean`` / ``std`` (F_d,) float64 of their
+              (with ``log``: signed-log, ``sign(x) log1p(|x|)``) values
     missing   dense features with a missing-indicator column (appended after the dense columns, in order)
     users     with ``RankConfig.user_id``: Vocab of the external ids of the users with a training row (the
               first categorical field; every other user, known to the catalogue or not, uses its OOV row);
@@ -478,12 +480,19 @@ class InputEncoder:
     n_items: int
     history_len: int
     users: Vocab | None
+    log: bool = False
+
+    def _dense(self, X: np.ndarray) -> np.ndarray:
+        """(R, F) assembled rows -> (R, F_d) float64 dense columns, signed-log with ``log`` (NaN stays NaN)."""
+        col = {n: j for j, n in enumerate(self.names)}
+        D = X[:, [col[n] for n in self.dense]].astype(np.float64) if self.dense else np.zeros((len(X), 0))
+        return np.sign(D) * np.log1p(np.abs(D)) if self.log else D
 
     @classmethod
     def fit(cls, X: np.ndarray, user_ids: np.ndarray, names: Sequence[str], embedded: Sequence[str], n_items: int,
-            history_len: int, use_user: bool) -> "InputEncoder":
+            history_len: int, use_user: bool, log: bool = False) -> "InputEncoder":
         """Levels, standardisation and (with ``use_user``) the user vocabulary from the training rows ``X``
-        (R, F) of external ``user_ids`` (R,)."""
+        (R, F) of external ``user_ids`` (R,); ``log``: signed-log the dense features first."""
         names = list(names)
         col = {n: j for j, n in enumerate(names)}
         levels = []
@@ -491,7 +500,7 @@ class InputEncoder:
             v = X[:, col[name]].astype(np.float64)
             levels.append(np.unique(v[np.isfinite(v)]))
         dense = [n for n in names if n not in set(embedded)]
-        D = X[:, [col[n] for n in dense]].astype(np.float64) if dense else np.zeros((len(X), 0))
+        D = cls(names, [], [], dense, np.zeros(0), np.zeros(0), [], 0, 0, None, log)._dense(X)
         finite = np.isfinite(D)
         cnt = finite.sum(axis=0)
         mean = np.where(cnt > 0, np.where(finite, D, 0.0).sum(axis=0) / np.maximum(cnt, 1), 0.0)
@@ -500,7 +509,8 @@ class InputEncoder:
         std = np.where(std > 0, std, 1.0)
         missing = [n for j, n in enumerate(dense) if not finite[:, j].all()]
         users = Vocab(pd.unique(pd.Series(np.asarray(user_ids)).dropna())) if use_user else None
-        return cls(names, list(embedded), levels, dense, mean, std, missing, int(n_items), int(history_len), users)
+        return cls(names, list(embedded), levels, dense, mean, std, missing, int(n_items), int(history_len), users,
+                   bool(log))
 
     @property
     def cards(self) -> list[int]:
@@ -528,7 +538,7 @@ class InputEncoder:
             pos = np.minimum(np.searchsorted(lv, v), max(len(lv) - 1, 0))
             hit = (lv[pos] == v) if len(lv) else np.zeros(R, bool)
             cat[:, u0 + f] = np.where(hit, pos, len(lv))
-        D = X[:, [col[n] for n in self.dense]].astype(np.float64) if self.dense else np.zeros((R, 0))
+        D = self._dense(X)
         nan = np.isnan(D)
         z = np.clip((D - self.mean) / self.std, -5.0, 5.0)
         z[nan] = 0.0
@@ -553,12 +563,13 @@ class InputEncoder:
     def to_json(self) -> dict:
         return {"names": self.names, "embedded": self.embedded, "levels": [lv.tolist() for lv in self.levels],
                 "dense": self.dense, "missing": self.missing, "n_items": self.n_items,
-                "history_len": self.history_len, "user_field": self.users is not None}
+                "history_len": self.history_len, "user_field": self.users is not None, "log": self.log}
 
     @classmethod
     def from_json(cls, d: dict, mean: np.ndarray, std: np.ndarray, users: Vocab | None) -> "InputEncoder":
         return cls(list(d["names"]), list(d["embedded"]), [np.asarray(lv, np.float64) for lv in d["levels"]],
-                   list(d["dense"]), mean, std, list(d["missing"]), int(d["n_items"]), int(d["history_len"]), users)
+                   list(d["dense"]), mean, std, list(d["missing"]), int(d["n_items"]), int(d["history_len"]), users,
+                   bool(d.get("log", False)))  # bundles written before the transform existed: no log
 
 
 def build_net(cfg: RankConfig, enc: InputEncoder, n_tasks: int) -> RankerNet:
@@ -646,6 +657,89 @@ def recalibrate_multitask(p: np.ndarray, r: np.ndarray, w: float) -> np.ndarray:
         return p.copy()
     r = np.asarray(r, dtype=np.float64)
     return p / (r + (1.0 - r) / w)[:, None]
+
+
+def level_offsets(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    weight: np.ndarray,
+    parents: Sequence[int | None],
+    any_index: int | None,
+    exposure_index: int | None,
+    w: float,
+    thinned: np.ndarray,
+    bound: float = 4.0,
+) -> np.ndarray:
+    """Per-head logit offsets ``delta (T,)`` that put each head's *recalibrated* probability at its label rate
+    on the full (not downsampled) distribution.
+
+    Rows ``(R,)`` are kept (downsampled) rows; ``thinned (R,)`` marks the rows that were kept at rate ``w``
+    (all labels 0). Each (row, head) counts ``omega_rt = 1 / w`` where the row was thinned and ``y_rt = 0``,
+    else 1 (a positive of the exposure head already carries ``1 / w`` in ``weight``), so that
+    ``sum_r weight_rt omega_rt f_r`` estimates the full-distribution sum, and ``delta`` solves, head by head,
+    ``sum_r weight_rt omega_rt q_rt(delta) = sum_r weight_rt omega_rt y_rt`` with ``q`` exactly as served
+    (:meth:`RankStage._predict`): entire-space ``p`` (ESMM products), tasks recalibrated with
+    ``r = p[any_index]`` by :func:`recalibrate_multitask`, the exposure head on its own. Matching the mean of
+    ``p`` on the kept rows instead is not enough: the recalibration is non-linear, so a head whose slope is off
+    ends up 5-10% off in level after it. The head giving ``r`` is solved first (every task's ``q`` depends on it),
+    then parents before children; bisection on ``[-bound, bound]``; a head without positive or negative weight
+    gets 0. Shapes: ``logits, labels, weight (R, T)``.
+    """
+    L = np.asarray(logits, dtype=np.float64)
+    Y = np.asarray(labels, dtype=np.float64)
+    R, T = L.shape
+    W = np.asarray(weight, dtype=np.float64) * np.where(np.asarray(thinned, bool)[:, None] & (Y == 0), 1.0 / w, 1.0)
+    parents = list(parents)
+    delta = np.zeros(T)
+
+    def q_of(d: np.ndarray) -> np.ndarray:
+        logp = np.zeros((R, T))
+        done: set[int] = set()
+
+        def fill(t: int) -> None:
+            if t in done:
+                return
+            base = 0.0
+            if parents[t] is not None:
+                fill(parents[t])
+                base = logp[:, parents[t]]
+            logp[:, t] = base - np.logaddexp(0.0, -(L[:, t] + d[t]))
+            done.add(t)
+
+        for t in range(T):
+            fill(t)
+        p = np.exp(logp)
+        r = p[:, any_index] if any_index is not None else np.ones(R)
+        q = recalibrate_multitask(p, r, w)
+        if exposure_index is not None:
+            pe = p[:, exposure_index]
+            q[:, exposure_index] = recalibrate_multitask(pe[:, None], pe, w)[:, 0]
+        return q
+
+    order: list[int] = []
+
+    def visit(t: int) -> None:
+        if t in order:
+            return
+        if parents[t] is not None:
+            visit(parents[t])
+        order.append(t)
+
+    for t in ([any_index] if any_index is not None else []) + list(range(T)):
+        visit(t)
+    for t in order:
+        target = float((W[:, t] * Y[:, t]).sum())
+        if not (target > 0 and float((W[:, t] * (1.0 - Y[:, t])).sum()) > 0):
+            continue
+        lo, hi = -bound, bound
+        for _ in range(50):
+            delta[t] = 0.5 * (lo + hi)
+            if float((W[:, t] * q_of(delta)[:, t]).sum()) < target:
+                lo = delta[t]
+            else:
+                hi = delta[t]
+        delta[t] = 0.5 * (lo + hi)
+    return delta
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -776,7 +870,7 @@ class RankStage:
 
         row_users = rows.user_ids[rows.req]  # external ids
         enc = InputEncoder.fit(rows.X[~is_valid], row_users[~is_valid], names, embedded,
-                               catalog.n_items, cfg.history_len, cfg.user_id)
+                               catalog.n_items, cfg.history_len, cfg.user_id, cfg.dense_log)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             net = build_net(cfg, enc, len(model_tasks))
@@ -796,11 +890,13 @@ class RankStage:
                                 valid_weight=None if swt is None else swt[va_rows])
         offsets = np.zeros(len(model_tasks))
         if cfg.calibrate_intercepts:
-            # the heads' levels on every kept row (training and held-out users; the downsampled distribution the
-            # heads model): one number per head, so the many rows matter more than their being held out
+            # the heads' levels on every kept row (training and held-out users), weighted back to the full
+            # distribution and after the recalibration, as served: one number per head, so the many rows matter
+            # more than their being held out
             cal_rows = np.union1d(tr_rows, va_rows)
-            offsets = intercept_offsets(predict_logits(model, take(cal_rows)), Y[cal_rows], parents,
-                                        None if sw is None else sw[cal_rows])
+            offsets = level_offsets(predict_logits(model, take(cal_rows)), Y[cal_rows],
+                                    np.ones((len(cal_rows), Y.shape[1])) if sw is None else sw[cal_rows], parents,
+                                    any_index, exposure_index, w, any_pos[cal_rows] == 0)
             with torch.no_grad():
                 for head, d in zip(task_heads(net.core), offsets):
                     head.bias.add_(float(d))
@@ -1116,5 +1212,5 @@ def fit_on_split(ds: Dataset, catalog: Catalog, retrieval, prerank, ctx: Feature
 
 __all__ = ["ANY_TASK", "SOURCE_DEPENDENT", "Examples", "InputEncoder", "RankConfig", "RankRows", "RankStage",
            "binary_labels", "build_net", "build_rank_rows", "default_features", "detect_esmm_parents",
-           "embedded_features", "fit_on_split", "init_head_biases", "recalibrate_multitask", "reliability_tables",
-           "request_user_ids", "resolve_tasks", "score_auc", "task_heads"]
+           "embedded_features", "fit_on_split", "init_head_biases", "level_offsets", "recalibrate_multitask",
+           "reliability_tables", "request_user_ids", "resolve_tasks", "score_auc", "task_heads"]
