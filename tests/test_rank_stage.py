@@ -308,20 +308,24 @@ def test_recalibration_restores_the_base_rate_after_downsampling(world, downsamp
     cal = stage.calibration(ds, catalog, retrieval, None, None, ev, before_ev)  # a later window, full distribution
     click, like = cal["click"], cal["like"]
     assert click["n"] == fresh_pairs(ev, before_ev) and click["w"] == 0.1
-    assert 0.9 <= click["calibration"] <= 1.1, click
+    # the level is set on the 80 held-out users (~200 clicks: +-7% sampling error) and this is a later window
+    assert m["valid"]["click"]["calibration"] == pytest.approx(1.0, abs=1e-4)  # exact where it was set
+    assert 0.8 <= click["calibration"] <= 1.25, click
     assert click["calibration_raw"] > 2.5, click  # the raw heads over-predict by far
     assert 0.8 <= like["calibration"] <= 1.25, like  # fewer positives: a wider band
     assert like["calibration_raw"] > 1.5, like
     assert click["logloss"] < click["logloss_raw"] - 0.1 and click["ne"] < 1.0
     assert click["auc"] > 0.75 and like["auc"] > 0.75
     # against the truth: recalibrated probabilities are close, raw ones are not
-    assert click["mae_truth"] < 0.5 * click["mae_truth_raw"] and click["mae_truth"] < 0.06
+    assert click["mae_truth"] < 0.2 * click["mae_truth_raw"] and click["mae_truth"] < 0.075  # level: +-7%, see above
     assert like["mae_truth"] < like["mae_truth_raw"]
     # the same model without downsampling is calibrated too
     full = RankStage().fit(ds, catalog, retrieval, None, ctx, rank, past, CFG)
     c_full = full.calibration(ds, catalog, retrieval, None, None, ev, before_ev)["click"]
     assert full.valid_metrics["recalibration"] == "none" and c_full["logloss"] == c_full["logloss_raw"]
-    assert 0.85 <= c_full["calibration"] <= 1.15  # (early stopping on 80 users moves the level by ~5-10%)
+    assert 0.8 <= c_full["calibration"] <= 1.25  # its level is set on the same 80 held-out users
+    # the downsampled, recalibrated model has the level of the one trained on every row: downsampling is undone
+    assert click["calibration"] == pytest.approx(c_full["calibration"], rel=0.05)
     assert abs(click["auc"] - c_full["auc"]) < 0.03  # downsampling to ~30% of the rows costs little ranking
 
 

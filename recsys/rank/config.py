@@ -99,9 +99,9 @@ class RankConfig:
     candidates_k       funnel: pre-ranked candidates per training user
     max_train_users    0: every user of the window; else a seeded sample of that many
     valid_fraction     seeded fraction of the users held out for early stopping, in [0, 1)
-    calibrate_intercepts  after training, shift each head's logit so that its mean probability matches the
-                       label mean on the (downsampled) training rows (:func:`recsys.rank.trainer.intercept_offsets`);
-                       the downsampling recalibration then applies as before
+    calibrate_intercepts  after training, shift each head's logit so that its served (recalibrated) probability
+                       matches the label rate on all the held-out users' rows (not downsampled;
+                       :func:`recsys.rank.stage.level_offsets`; rankings are unchanged)
     train              optimisation (:class:`recsys.rank.trainer.TrainConfig`)
     value              the value model (:class:`recsys.rank.value.ValueConfig`)
     seed               user sampling, holdout, downsampling and initial weights
