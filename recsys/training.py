@@ -10,6 +10,12 @@ Windows (``split.windows`` in time order; see :mod:`recsys.data.split`):
 The catalogue's item vocabulary covers the whole dataset (the catalogue is known); while the stages train,
 its user vocabulary holds the users of the ``train`` window. The bundle's serving snapshot is then refreshed
 (:func:`refresh_snapshot`): users of every window before the held-out one.
+
+Features are point-in-time: a stage's training rows are assembled with a feature context fitted on the
+look-back (:func:`lookback_events`) that ends where its window begins — the pre-ranker's on the ``train``
+window, the heavy ranker's (and the pre-ranker scores among its inputs) on the look-back ending at the ``rank``
+window — as the serving snapshot's context ends at the test window. (With ``retrieval.refit: false`` each
+stage keeps the context it was trained with.)
 """
 
 from __future__ import annotations
@@ -139,11 +145,10 @@ def lookback_events(split: Split, windows: dict, at: str, time_col: str):
     """The events a feature context sees when a stage serves the window ``at``: everything before it, within
     a look-back as long as the retrieval window (so count features keep the scale they were trained with)."""
     history = split.before(windows[at])
-    train = split[windows["retrieval"]]
-    tcol = time_col
-    lookback = int(train[tcol].max() - train[tcol].min()) + 1
-    end = int(split[windows[at]][tcol].min()) if len(split[windows[at]]) else int(history[tcol].max()) + 1
-    return history[history[tcol].to_numpy() >= end - lookback]
+    train, t = split[windows["retrieval"]], time_col
+    lookback = int(train[t].max() - train[t].min()) + 1
+    end = int(split[windows[at]][t].min()) if len(split[windows[at]]) else int(history[t].max()) + 1
+    return history[history[t].to_numpy() >= end - lookback]
 
 
 class ContextsAt:
