@@ -283,6 +283,24 @@ def test_oracle_matches_slow_reference(saved):
         assert r.p_click == pytest.approx(ref_c, rel=1e-6)
 
 
+def test_truth_format_1_loads_as_a_world_without_series(tmp_path):
+    # a world saved before series existed (truth format 1): no series arrays, no fan term
+    w = generate_world(dataclasses.replace(TINY, series_size=0.0), seed=0)
+    w.save_truth(tmp_path / "truth")
+    for name in syn.SERIES_ARRAYS:
+        (tmp_path / "truth" / f"{name}.npy").unlink()
+    wj = tmp_path / "truth" / "world.json"
+    params = json.loads(wj.read_text())
+    del params["fan_affinity"]
+    wj.write_text(json.dumps({**params, "truth_format": 1}))
+    old, new = Oracle.load(tmp_path / "truth"), w.oracle()
+    users, ts = w.truth["user_ids"][:5], np.full(5, syn.START_TS + 30 * syn.DAY)
+    np.testing.assert_array_equal(old.scores(users, ts), new.scores(users, ts))
+    wj.write_text(json.dumps({**params, "truth_format": 7}))
+    with pytest.raises(ValueError, match="truth_format 7 is not one of 1, 2"):
+        Oracle.load(tmp_path / "truth")
+
+
 def test_oracle_scores_matrix(world):
     o = world.oracle()
     df = world.interactions

@@ -98,6 +98,7 @@ TRUTH_ARRAYS: dict[str, tuple[str, str]] = {
     "user_fan_indptr": ("int64", "(U+1,) CSR row pointers of the followed series per user"),
     "user_fan_series": ("int32", "(F,) followed series, sorted within each user (CSR indices)"),
 }
+SERIES_ARRAYS = ("item_series", "user_fan_indptr", "user_fan_series")  # new in truth format 2
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -389,14 +390,22 @@ class Oracle:
         if not wj.is_file():
             raise ValueError(f"{wj}: not found; expected the truth/ folder of a synthetic dataset")
         params = json.loads(wj.read_text(encoding="utf-8"))
-        if params.get("truth_format") != TRUTH_FORMAT:
-            raise ValueError(f"{wj}: truth_format {params.get('truth_format')!r} is not {TRUTH_FORMAT}")
+        fmt = params.get("truth_format")
+        if fmt not in (1, TRUTH_FORMAT):
+            raise ValueError(f"{wj}: truth_format {fmt!r} is not one of 1, {TRUTH_FORMAT}")
         arrays = {}
         for name in TRUTH_ARRAYS:
             f = truth_dir / f"{name}.npy"
+            if fmt == 1 and name in SERIES_ARRAYS:
+                continue  # format 1 predates series: a world without them
             if not f.is_file():
                 raise ValueError(f"{f}: truth array missing")
             arrays[name] = np.load(f, allow_pickle=False)
+        if fmt == 1:
+            arrays["item_series"] = np.arange(len(arrays["item_ids"]), dtype=np.int32)
+            arrays["user_fan_indptr"] = np.zeros(len(arrays["user_ids"]) + 1, np.int64)
+            arrays["user_fan_series"] = np.zeros(0, np.int32)
+            params = {**params, "fan_affinity": 0.0}
         return cls(arrays, params)
 
     # ---- id mapping -----------------------------------------------------------------------------------
