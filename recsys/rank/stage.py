@@ -675,8 +675,9 @@ def level_offsets(
     """Per-head logit offsets ``delta (T,)`` that put each head's *recalibrated* probability at its label rate
     on the full (not downsampled) distribution.
 
-    Rows ``(R,)`` are kept (downsampled) rows; ``thinned (R,)`` marks the rows that were kept at rate ``w``
-    (all labels 0). Each (row, head) counts ``omega_rt = 1 / w`` where the row was thinned and ``y_rt = 0``,
+    Rows ``(R,)`` are the rows to calibrate on: all rows of held-out users (``thinned`` all False), or kept
+    (downsampled) rows, where ``thinned (R,)`` marks those kept at rate ``w`` (all labels 0). Each (row, head)
+    counts ``omega_rt = 1 / w`` where the row was thinned and ``y_rt = 0``,
     else 1 (a positive of the exposure head already carries ``1 / w`` in ``weight``), so that
     ``sum_r weight_rt omega_rt f_r`` estimates the full-distribution sum, and ``delta`` solves, head by head,
     ``sum_r weight_rt omega_rt q_rt(delta) = sum_r weight_rt omega_rt y_rt`` with ``q`` exactly as served
@@ -896,15 +897,15 @@ class RankStage:
             # recalibration, as served (Platt scaling's practice: a level set on the training users' rows is
             # 7-12% too high on every other user of the demo world); without held-out users, on the kept
             # training rows weighted back to the full distribution
-            full_w = np.ones(Y.shape) if sw is None else sw.astype(np.float64)
-            if exposure_index is not None:
-                full_w[:, exposure_index] = rows.funnel  # per row of the full distribution: no 1 / w
             if is_valid.any():
-                cal_rows, thinned = np.flatnonzero(is_valid), np.zeros(int(is_valid.sum()), dtype=bool)
-                cal_w = full_w[cal_rows]
+                cal_rows = np.flatnonzero(is_valid)
+                thinned = np.zeros(len(cal_rows), dtype=bool)
+                cal_w = np.ones((len(cal_rows), Y.shape[1])) if sw is None else sw[cal_rows].astype(np.float64)
+                if exposure_index is not None:
+                    cal_w[:, exposure_index] = rows.funnel[cal_rows]  # full rows: no 1 / w
             else:
                 cal_rows, thinned = tr_rows, any_pos[tr_rows] == 0
-                cal_w = np.ones(Y.shape)[cal_rows] if sw is None else sw[cal_rows].astype(np.float64)
+                cal_w = np.ones((len(cal_rows), Y.shape[1])) if sw is None else sw[cal_rows].astype(np.float64)
             offsets = level_offsets(predict_logits(model, take(cal_rows)), Y[cal_rows], cal_w, parents, any_index,
                                     exposure_index, w, thinned)
             with torch.no_grad():
