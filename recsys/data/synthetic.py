@@ -787,11 +787,10 @@ class _Policy:
             kf = cfg.candidates_followed
             lo, n_fan = self.fan_indptr[users][:, None], np.diff(self.fan_indptr)[users][:, None]
             j = lo + np.minimum((rng.random((b, kf)) * n_fan).astype(np.int64), np.maximum(n_fan - 1, 0))
-            s = self.fan_series[np.minimum(j, max(len(self.fan_series) - 1, 0))] if len(self.fan_series) else \
-                np.zeros((b, kf), np.int64)  # (B, kf) a followed series, then one of its created items
-            key = s * self.t_range + np.clip(ts[:, None] - self.t_min, 0, self.t_range - 1)
-            hi = _searchsorted(self.ser_key, key, side="right")
-            first = self.ser_start[s] if len(self.ser_start) else np.zeros_like(s)
+            s = self.fan_series[np.minimum(j, len(self.fan_series) - 1)]  # (B, kf) a followed series, then
+            key = s * self.t_range + np.clip(ts[:, None] - self.t_min, 0, self.t_range - 1)  # one of its items
+            hi = _searchsorted(self.ser_key, key, side="right")  # ... created by ts
+            first = self.ser_start[s]
             pos = first + np.minimum((rng.random((b, kf)) * (hi - first)).astype(np.int64),
                                      np.maximum(hi - first - 1, 0))
             ok = (n_fan > 0) & (hi > first)
