@@ -22,6 +22,7 @@ demo: install
 	$(BIN)/recsys demo --out $(DEMO_DIR)
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 bench: install

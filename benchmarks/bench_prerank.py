@@ -23,7 +23,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from common import bench_world, pct, test_requests, timed  # noqa: E402  (benchmarks/common.py)
+from common import bench_world, fit_stage, pct, test_requests, timed  # noqa: E402  (benchmarks/common.py)
 from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
 
 import argparse
@@ -60,14 +60,16 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from recsys.features import FeatureInputs, assemble, resolve
-    from recsys.prerank.stage import PrerankConfig, fit_on_split
+    from recsys.engine import Engine
+    from recsys.prerank.stage import PrerankConfig, PrerankStage
 
     t_setup = time.perf_counter()
     ds, split, catalog, retrieval = bench_world(args.data, args.preset, args.seed, args.impressions, args.candidates,
                                                 "--candidates")
     pcfg = PrerankConfig(num_threads=1, n_estimators=args.trees, num_leaves=args.leaves, valid_fraction=0.0,
-                         candidates_k=200, seed=args.seed)
-    stage = fit_on_split(ds, catalog, retrieval, split, pcfg)
+                         seed=args.seed)
+    stage = fit_stage(PrerankStage(pcfg), ds, split, catalog, "prerank",
+                      Engine(retrieval, [], args.candidates, catalog=catalog))  # trained on the pool it scores
 
     requests = test_requests(ds, split, catalog, args.users, args.seed)
     cands = retrieval.retrieve(requests, args.candidates)

@@ -25,7 +25,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from common import bench_world, pct, test_requests, timed  # noqa: E402  (benchmarks/common.py)
+from common import bench_world, fit_stage, pct, test_requests, timed  # noqa: E402  (benchmarks/common.py)
 from machine import machine_info as shared_machine_info  # noqa: E402  (benchmarks/machine.py)
 
 import argparse
@@ -62,24 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from recsys.engine import select_columns, top_columns
+    from recsys.engine import Engine, select_columns, top_columns
     from recsys.features import assemble
-    from recsys.prerank.stage import PrerankConfig
-    from recsys.prerank.stage import fit_on_split as prerank_fit
-    from recsys.rank.stage import RankConfig, _RowsModel, fit_on_split, request_user_ids
+    from recsys.prerank.stage import PrerankConfig, PrerankStage
+    from recsys.rank.stage import RankConfig, RankStage, _RowsModel, request_user_ids
     from recsys.rank.trainer import TrainConfig, predict
 
     t_setup = time.perf_counter()
     ds, split, catalog, retrieval = bench_world(args.data, args.preset, args.seed, args.impressions, args.retrieve,
                                                 "--retrieve")
-    prerank = prerank_fit(ds, catalog, retrieval, split, PrerankConfig(num_threads=1, candidates_k=200,
-                                                                       seed=args.seed, ablate_graph=False))
+    prerank = fit_stage(PrerankStage(PrerankConfig(num_threads=1, seed=args.seed)), ds, split, catalog, "prerank",
+                        Engine(retrieval, [], args.retrieve, catalog=catalog))
+    served = Engine(retrieval, [(prerank, args.candidates)], args.retrieve, catalog=catalog)  # the ranker's pool
     cfg = RankConfig(train=TrainConfig(max_epochs=args.epochs), seed=args.seed)
     t_fit = time.perf_counter()
-    mmoe = fit_on_split(ds, catalog, retrieval, prerank, prerank.ctx, split, cfg)
+    mmoe = fit_stage(RankStage(cfg), ds, split, catalog, "rank", served)
     fit_s = time.perf_counter() - t_fit
-    shared = fit_on_split(ds, catalog, retrieval, prerank, prerank.ctx, split,
-                          dataclasses.replace(cfg, arch="shared_bottom"))
+    shared = fit_stage(RankStage(dataclasses.replace(cfg, arch="shared_bottom")), ds, split, catalog, "rank", served)
 
     requests = test_requests(ds, split, catalog, args.users, args.seed)
     cands = retrieval.retrieve(requests, args.retrieve)

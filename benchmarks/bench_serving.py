@@ -52,7 +52,7 @@ def tiny_bundle(tmp: Path) -> Path:
     from recsys.training import train_engine
 
     synthesize("tiny", 0, tmp / "data")
-    cfg = load_config(None, ["retrieval.two_tower.max_epochs=2", "prerank.ablate_graph=false"])
+    cfg = load_config(None, ["retrieval.two_tower.max_epochs=2", "systems=[engine]"])
     train_engine(read_dataset(tmp / "data"), cfg, tmp / "art")
     return tmp / "art"
 

@@ -50,8 +50,23 @@ def bench_world(data: Path | None, preset: str, seed: int, impressions: int, min
         raise SystemExit(f"the catalogue has {catalog.n_items} items < {what} {min_items}")
     rcfg = RetrievalConfig(two_tower=TwoTowerConfig(dim=32, emb_dim=32, feature_dim=8, hidden=(64,), max_epochs=3,
                                                     threads=1), index_factory="Flat", index_threads=1)
-    retrieval = RetrievalStage().fit(ds, catalog, split["train"], split["prerank"], rcfg)
+    from recsys.stages.base import FitContext
+
+    retrieval = RetrievalStage(rcfg).fit(FitContext(ds, catalog, split, "train", split.before("train"),
+                                                    valid=split["prerank"]))
     return ds, split, catalog, retrieval
+
+
+def fit_stage(stage, ds, split, catalog, window: str, upstream):
+    """Fit a scoring stage on ``window`` with the candidates ``upstream`` (an Engine) serves it and point-in-time
+    features as of the window (as ``recsys.training`` does)."""
+    from recsys.stages.base import FitContext
+    from recsys.training import ContextsAt, lookback_events
+
+    windows = {"retrieval": split.names[0], window: window}
+    at = ContextsAt(ds, catalog, lookback_events(split, windows, window, catalog.time_col))
+    return stage.fit(FitContext(ds, catalog, split, window, split.before(window), upstream=upstream,
+                                features=at.get))
 
 
 def test_requests(ds, split, catalog, users: int, seed: int):

@@ -34,7 +34,7 @@ from recsys.io import atomic_output_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: the manifest records the funnel and each system's stages
 MANIFEST = "manifest.json"
 LATEST = "latest"
 

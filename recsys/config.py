@@ -15,6 +15,7 @@ from recsys.configlib import (  # noqa: F401  (re-exported)
     ConfigError,
     EngineConfig,
     EvalConfig,
+    FunnelStage,
     RayConfig,
     SplitBasis,
     SplitConfig,
@@ -32,7 +33,11 @@ from serving.config import ServingConfig  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The whole engine configuration (``configs/default.yaml``)."""
+    """The whole engine configuration (``configs/default.yaml``).
+
+    ``seed`` is the run's seed: every stage's own ``seed`` key is offset by it (:func:`recsys.training.seeded`),
+    so ``--set seed=N`` trains an independent replicate of the same config.
+    """
 
     name: str = "default"
     seed: int = 0
@@ -45,6 +50,10 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
+    # the systems the bundle trains stages for, beside the engine (``recsys.systems``); empty: all
+    systems: tuple[str, ...] = ()
+    # the config of stage types registered from outside (no top-level section): {stage name: {key: value}}
+    stage_params: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

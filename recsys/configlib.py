@@ -57,6 +57,11 @@ class SplitConfig:
     increasing Unix seconds. ``leave_last_n`` puts each user's last ``n`` events in the last window, the ``n``
     before in the one before, and the rest in the first window. ``kcore`` > 0 keeps only users and items with
     at least that many interactions (iterated to a fixed point) before splitting.
+
+    ``validation: true`` is the validation protocol: the interactions before the test window are split again
+    the same way, so the last window of that split (the one just before the test window) plays the test
+    window for training and evaluation. Every choice (configs, stages, features, tuning) is made with it on;
+    the test window is touched only by a final run with it off.
     """
 
     method: SplitMethod = SplitMethod.TEMPORAL
@@ -67,8 +72,12 @@ class SplitConfig:
     cutoffs: tuple[int, ...] = ()
     n: int = 1
     kcore: int = 0
+    validation: bool = False
 
     def __post_init__(self) -> None:
+        if self.validation and self.cutoffs:
+            raise ConfigError("split.validation: not available with explicit split.cutoffs; give the validation "
+                              "windows' cut-offs instead")
         if len(self.windows) < 2:
             raise ConfigError(f"split.windows: need at least 2 windows, got {list(self.windows)}")
         if any(not (0.0 < f < 1.0) for f in self.windows.values()):
@@ -129,21 +138,92 @@ class EvalConfig:
     seed: int = 0
 
 
+_FUNNEL_SIZES = ("the stages train on exactly the candidates the funnel serves them, so their sizes come from "
+                 "engine.funnel (e.g. [{stage: retrieval, k: 1000}, {stage: prerank, k: 100}, {stage: rank, k: 10}])")
+_SYSTEMS = ("say which ablation systems to train with the top-level key systems: [...] "
+            "(recsys.systems; empty: all)")
+REMOVED_KEYS = {
+    "engine.retrieve_k": _FUNNEL_SIZES, "engine.prerank_k": _FUNNEL_SIZES, "engine.k": _FUNNEL_SIZES,
+    "prerank.candidates_k": _FUNNEL_SIZES, "rank.candidates_k": _FUNNEL_SIZES, "rank.retrieve_k": _FUNNEL_SIZES,
+    "prerank.enabled": "a stage is enabled by being in engine.funnel",
+    "rank.enabled": "a stage is enabled by being in engine.funnel",
+    "prerank.ablate_graph": _SYSTEMS, "rank.ablate_arch": _SYSTEMS, "rank.ablate_upstream": _SYSTEMS,
+}
+@dataclasses.dataclass(frozen=True)
+class FunnelStage:
+    """One entry of ``engine.funnel``: the stage's name, its cut-off ``k`` and its registry type (default: the
+    name)."""
+
+    stage: str
+    k: int
+    type: str | None = None
+
+    @property
+    def type_name(self) -> str:
+        return self.type or self.stage
+
+
+DEFAULT_FUNNEL = (FunnelStage("retrieval", 1000), FunnelStage("prerank", 100), FunnelStage("rank", 10))
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """Funnel sizes: retrieve ``retrieve_k`` -> pre-rank to ``prerank_k`` -> heavy-rank to the ``k`` shown."""
+    """The funnel: the stages in order, each with its cut-off, e.g.
+    ``[{stage: retrieval, k: 1000}, {stage: prerank, k: 100}, {stage: rank, k: 10}]``.
 
-    retrieve_k: int = 1000
-    prerank_k: int = 100
-    k: int = 10
+    The first stage is the candidate stage (it retrieves ``k`` candidates); each later stage scores what the
+    stage before it kept and keeps its own ``k``; the last ``k`` is the number of items shown. A stage's
+    ``type`` (its entry in :data:`recsys.stages.base.STAGES`) defaults to its name. Every stage is trained on
+    exactly the candidates this funnel hands it (``recsys.training``).
+    """
+
+    funnel: tuple[FunnelStage, ...] = DEFAULT_FUNNEL
     exclude_seen: bool = True
 
     def __post_init__(self) -> None:
-        if not (self.retrieve_k >= self.prerank_k >= self.k >= 1):
-            raise ConfigError(
-                "engine: need retrieve_k >= prerank_k >= k >= 1, got "
-                f"{self.retrieve_k} >= {self.prerank_k} >= {self.k}"
-            )
+        from recsys.stages.base import STAGES
+
+        if not self.funnel:
+            raise ConfigError("engine.funnel: need at least the candidate stage, e.g. [{stage: retrieval, k: 1000}]")
+        names = [f.stage for f in self.funnel]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"engine.funnel: stage names must be unique, got {names}")
+        for i, f in enumerate(self.funnel):
+            t = f.type_name
+            if t not in STAGES:
+                raise ConfigError(f"engine.funnel[{i}] ({f.stage}): unknown stage type {t!r}; registered: "
+                                  f"{sorted(STAGES)}")
+            if STAGES[t].candidate != (i == 0):
+                what = "the first stage must be a candidate stage" if i == 0 else "only the first stage retrieves"
+                raise ConfigError(f"engine.funnel[{i}] ({f.stage}): {what} (type {t!r}); funnel: {self.sizes}")
+        ks = [f.k for f in self.funnel]
+        if any(k < 1 for k in ks) or any(a < b for a, b in zip(ks, ks[1:])):
+            raise ConfigError(f"engine.funnel: cut-offs must be >= 1 and non-increasing, got {self.sizes}")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """``{stage name: cut-off}`` in funnel order."""
+        return {f.stage: f.k for f in self.funnel}
+
+    def type_of(self, name: str) -> str:
+        return next(f.type_name for f in self.funnel if f.stage == name)
+
+    @property
+    def stages(self) -> list[tuple[str, str, int]]:
+        """``[(name, type, cut-off)]`` in funnel order."""
+        return [(f.stage, f.type_name, f.k) for f in self.funnel]
+
+    @property
+    def retrieve_k(self) -> int:
+        return self.funnel[0].k
+
+    @property
+    def k(self) -> int:
+        """The number of items shown: the last stage's cut-off."""
+        return self.funnel[-1].k
+
+    def cutoff(self, name: str) -> int | None:
+        return self.sizes.get(name)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -225,6 +305,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    for k in unknown:
+        dotted = f"{prefix}.{k}" if prefix else k
+        if dotted in REMOVED_KEYS:
+            raise ConfigError(f"{dotted}: this key was removed; {REMOVED_KEYS[dotted]}")
     if unknown:
         where = prefix or cls.__name__
         raise ConfigError(

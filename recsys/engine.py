@@ -22,51 +22,16 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from recsys.configlib import EngineConfig
 from recsys.data.catalog import Catalog
-from recsys.retrieval.sources import Candidates
+from recsys.retrieval.sources import Candidates, select_columns, top_columns  # noqa: F401  (re-exported)
 from recsys.retrieval.stage import RetrievalStage
+from recsys.stages.base import ScoringStage
 from recsys.types import Requests, Results
 
 logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class ScoringStage(Protocol):
-    name: str
-
-    def score(self, requests: Requests, candidates: Candidates) -> dict[str, np.ndarray]: ...
-
-
-def select_columns(cands: Candidates, cols: np.ndarray) -> Candidates:
-    """The candidates at column positions ``cols`` (B, C') of each row (``-1`` -> padding)."""
-    valid = cols >= 0
-    safe = np.where(valid, cols, 0)
-    items = np.where(valid, np.take_along_axis(cands.items, safe, axis=1), -1)
-    source = np.where(valid, np.take_along_axis(cands.source, safe, axis=1), -1).astype(cands.source.dtype)
-    scores = {
-        k: np.where(valid, np.take_along_axis(v, safe, axis=1), np.nan).astype(v.dtype, copy=False)
-        for k, v in cands.scores.items()
-    }
-    return Candidates(items, source, scores, list(cands.names))
-
-
-def top_columns(score: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    """Column positions (B, k) of the k best scores per row, best first; padding and NaN never kept (-1).
-
-    Ties keep the upstream order (stable sort on the column position).
-    """
-    s = np.where((items >= 0) & np.isfinite(score), score, -np.inf)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    picked = np.take_along_axis(s, order, axis=1)
-    order = np.where(np.isneginf(picked), -1, order)
-    if order.shape[1] < k:
-        order = np.pad(order, ((0, 0), (0, k - order.shape[1])), constant_values=-1)
-    return order
 
 
 @dataclasses.dataclass
@@ -84,15 +49,18 @@ class Engine:
     version: str = ""
     catalog: Catalog | None = None
 
-    @classmethod
-    def from_config(cls, retrieval, cfg: EngineConfig, prerank=None, ranker=None, name="engine", version="",
-                    catalog: Catalog | None = None) -> "Engine":
-        stages: list[tuple[ScoringStage, int]] = []
-        if prerank is not None:
-            stages.append((prerank, cfg.prerank_k))
-        if ranker is not None:
-            stages.append((ranker, cfg.k))
-        return cls(retrieval, stages, cfg.retrieve_k, name, version, catalog)
+    @property
+    def output_k(self) -> int:
+        """Candidates per request this engine hands on: the last stage's cut-off (retrieve_k without one)."""
+        return self.stages[-1][1] if self.stages else self.retrieve_k
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s, _ in self.stages]
+
+    def upstream_of(self, index: int) -> "Engine":
+        """The engine that feeds scoring stage ``index``: retrieval and the stages before it, same cut-offs."""
+        return dataclasses.replace(self, stages=list(self.stages[:index]), name=f"{self.name}[:{index}]")
 
     def encode(self, requests: Requests) -> Requests:
         """Re-encode the request's users in this engine's user vocabulary (from their external ids), so a
@@ -102,11 +70,44 @@ class Engine:
         return dataclasses.replace(requests, users=self.catalog.users.encode(requests.user_ids))
 
     def without(self, stage_name: str, name: str | None = None) -> "Engine":
-        """The same engine with one scoring stage removed (for ablations)."""
-        kept = [(s, c) for s, c in self.stages if s.name != stage_name]
-        if len(kept) == len(self.stages):
-            raise ValueError(f"engine has no stage {stage_name!r}; stages: {[s.name for s, _ in self.stages]}")
-        return dataclasses.replace(self, stages=kept, name=name or f"no_{stage_name}")
+        """The same engine with one scoring stage removed (for ablations). The removed stage's cut-off passes
+        to the stage before it (or to retrieval), so the next stage receives as many candidates as before."""
+        names = self.stage_names
+        if stage_name not in names:
+            raise ValueError(f"engine has no stage {stage_name!r}; stages: {names}")
+        i = names.index(stage_name)
+        cut = self.stages[i][1]
+        stages = [(s, c) for j, (s, c) in enumerate(self.stages) if j != i]
+        retrieve_k = self.retrieve_k
+        if i == 0:
+            retrieve_k = cut
+        else:
+            stages[i - 1] = (stages[i - 1][0], cut)
+        return dataclasses.replace(self, stages=stages, retrieve_k=retrieve_k, name=name or f"no_{stage_name}")
+
+    def candidates(self, requests: Requests) -> Candidates:
+        """The (B, output_k) candidates this engine hands the next stage: retrieve ``retrieve_k``, then each
+        scoring stage scores and keeps its cut-off. ``scores`` holds every source's and stage's score (a stage's
+        under its name, plus its extra outputs), as :meth:`rank` passes them on. This is what a downstream stage
+        trains on (:class:`recsys.stages.base.FitContext`)."""
+        requests = self.encode(requests)
+        cands = self.retrieval.retrieve(requests, self.retrieve_k)
+        for stage, cutoff in self.stages:
+            cands = self._keep(stage, stage.score(requests, cands), cands, cutoff)
+        return cands
+
+    @staticmethod
+    def _keep(stage, out: dict, cands: Candidates, cutoff: int) -> Candidates:
+        """``cands`` with ``stage``'s outputs added to its scores, cut to the ``cutoff`` best by ``out["score"]``."""
+        if "score" not in out:
+            raise RuntimeError(f"stage {stage.name!r} returned no 'score' entry")  # a stage contract bug
+        scored = dict(cands.scores)
+        scored[stage.name] = np.asarray(out["score"], dtype=np.float64)
+        for key, val in out.items():
+            if key != "score":
+                scored[key] = np.asarray(val, dtype=np.float64)
+        cands = dataclasses.replace(cands, scores=scored)
+        return select_columns(cands, top_columns(scored[stage.name], cands.items, cutoff))
 
     def rank(
         self,
@@ -151,16 +152,7 @@ class Engine:
                 logger.warning("stage %s dropped (%s); returning the upstream order", stage.name, why)
                 timings[stage.name] = (time.perf_counter() - t1) * 1000
                 continue
-            if "score" not in out:
-                raise RuntimeError(f"stage {stage.name!r} returned no 'score' entry")  # a stage contract bug
-            scored = dict(cands.scores)
-            scored[stage.name] = np.asarray(out["score"], dtype=np.float64)
-            for key, val in out.items():
-                if key != "score":
-                    scored[key] = np.asarray(val, dtype=np.float64)
-            cands = dataclasses.replace(cands, scores=scored)
-            cols = top_columns(scored[stage.name], cands.items, cutoff)
-            cands = select_columns(cands, cols)
+            cands = self._keep(stage, out, cands, cutoff)
             stages[stage.name] = cands.items.copy()
             last_score = stage.name
             timings[stage.name] = (time.perf_counter() - t1) * 1000

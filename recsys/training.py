@@ -1,31 +1,33 @@
-"""Train the engine's stages on their windows and write one bundle; load a bundle back into an Engine.
+"""Train the funnel's stages on their windows and write one bundle; load a bundle's systems back into Engines.
 
-Windows (``split.windows`` in time order; see :mod:`recsys.data.split`):
+Windows (``split.windows`` in time order; see :mod:`recsys.data.split`): the candidate stage (retrieval)
+trains on the first window and early-stops on the second; each scoring stage trains on the window of its own
+name (``prerank``, ``rank``; positionally when the split names its windows otherwise), in funnel order; the last
+window is the test window, never touched here.
 
-    train    -> retrieval (two-tower + FAISS, popularity, graph PPR), early-stopped on the next window
-    prerank  -> the pre-ranker, on the retrieval stage's candidates for this window
-    rank     -> the heavy ranker, on this window's impressions (or pre-ranked candidates on rating data)
-    test     -> evaluation only, never touched here
+**Cascade-consistent.** Every scoring stage learns from one :class:`~recsys.stages.base.FitContext` whose
+``upstream`` is the engine that serves it in the bundle: the same retrieval model, the same scoring stages
+before it, the same cut-offs (``engine.funnel``), so the candidates, their sizes, source quotas and upstream
+scores of its training rows are those it is served (nothing is sized by hand). Each system of
+:mod:`recsys.systems` is trained the same way on its own upstream; identical stages are trained once.
 
-The catalogue's item vocabulary covers the whole dataset (the catalogue is known); while the stages train,
-its user vocabulary holds the users of the ``train`` window. The bundle's serving snapshot is then refreshed
-(:func:`refresh_snapshot`): users of every window before the held-out one.
+**Point-in-time features.** A stage's training rows are assembled with feature contexts fitted on the
+look-back (:func:`lookback_events`) that ends where its window begins, and its upstream stages score with the
+same contexts; the bundle's stages then get contexts on the same look-back ending at the test window (the
+serving snapshot). With ``retrieval.refit`` the two-tower is also retrained on every window before the test
+window: fresher, but the rankers were trained on the other two-tower's scores (off by default; see README).
 
-Features are point-in-time: a stage's training rows are assembled with a feature context fitted on the
-look-back (:func:`lookback_events`) that ends where its window begins — the pre-ranker's on the ``train``
-window, the heavy ranker's (and the pre-ranker scores among its inputs) on the look-back ending at the ``rank``
-window — as the serving snapshot's context ends at the test window. (With ``retrieval.refit: false`` each
-stage keeps the context it was trained with.)
+**Seeds.** ``cfg.seed`` offsets every stage's own seed (:func:`seeded`): ``--set seed=N`` is a replicate.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from recsys.bundle import Bundle, data_fingerprint, load_bundle, write_bundle
 from recsys.config import Config, ConfigError, from_dict, to_dict
@@ -34,26 +36,49 @@ from recsys.data.schema import Dataset
 from recsys.data.split import Split, split_dataset
 from recsys.data.vocab import Vocab
 from recsys.engine import Engine
+from recsys.systems import ALL_SCORING, DERIVATIONS, VARIANTS, System, applicable, selected
+from recsys.stages.base import FitContext, stage_type
 
 logger = logging.getLogger(__name__)
 
-NO_GRAPH_STAGE = "prerank_no_graph"
-NO_GRAPH_RANK = "rank_no_graph"  # the heavy ranker of the `no_graph_features` system
-NO_PRERANK_RANK = "rank_no_prerank"  # the heavy ranker of the `no_prerank` system
-ABLATION_ARCHS = ("mmoe", "shared_bottom", "single_task")
-GRAPH_FEATURES = ("item_pagerank", "ppr", "co_engagement", "src_graph")
+RETRIEVAL = "retrieval"  # the candidate stage's window key in stage_windows()
 
 
-def stage_windows(split: Split) -> dict[str, str]:
-    """Which window each stage trains on: retrieval the first, the pre-ranker the second, the heavy ranker
-    the third (when there are four or more); the last window is the test window. Retrieval early-stops on
-    the second window (model selection only; the pre-ranker is trained on candidates there)."""
+def seeded(cfg: Config) -> Config:
+    """``cfg`` with every stage seed offset by ``cfg.seed`` (the two-tower's, the pre-ranker's, the heavy
+    ranker's and its trainer's), so one top-level seed makes an independent training replicate."""
+    s = cfg.seed
+    if s == 0:
+        return cfg
+    tt = dataclasses.replace(cfg.retrieval.two_tower, seed=cfg.retrieval.two_tower.seed + s)
+    rank = dataclasses.replace(cfg.rank, seed=cfg.rank.seed + s,
+                               train=dataclasses.replace(cfg.rank.train, seed=cfg.rank.train.seed + s))
+    return dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, two_tower=tt),
+                               prerank=dataclasses.replace(cfg.prerank, seed=cfg.prerank.seed + s), rank=rank)
+
+
+def stage_windows(split: Split, engine=None) -> dict[str, str]:
+    """Which window each funnel stage trains on: the candidate stage the first (``"retrieval"``; early stopping
+    on the second, ``"retrieval_valid"``), each scoring stage the window of its name, or positionally (the
+    i-th scoring stage the (i+1)-th window) when the split has no window of that name; ``"test"`` the last.
+    Windows must follow the funnel's order and precede the test window."""
+    from recsys.configlib import EngineConfig
+
+    engine = engine or EngineConfig()
     names = split.names
     if len(names) < 3:
         raise ConfigError(f"split.windows: the engine needs at least 3 windows (train, ..., test), got {names}")
-    out = {"retrieval": names[0], "retrieval_valid": names[1], "prerank": names[1], "test": names[-1]}
-    if len(names) >= 4:
-        out["rank"] = names[2]
+    out = {RETRIEVAL: names[0], "retrieval_valid": names[1], "test": names[-1]}
+    prev = 0
+    for i, (name, _, _) in enumerate(engine.stages[1:], start=1):
+        w = name if name in names else (names[i] if i < len(names) else None)
+        pos = names.index(w) if w is not None else -1
+        if not 0 < pos < len(names) - 1 or pos <= prev:
+            raise ConfigError(
+                f"split.windows: funnel stage {name!r} needs its own training window after its upstream's and "
+                f"before the test window (a window named {name!r}); windows: {names}, funnel: "
+                f"{list(engine.funnel)}")
+        out[name], prev = w, pos
     return out
 
 
@@ -66,79 +91,73 @@ def load_catalog(folder: Path) -> Catalog:
     return Catalog(Vocab.load(folder / "users.parquet"), Vocab.load(folder / "items.parquet"))
 
 
-def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
-    """Fit every configured stage on its window and write the bundle under ``out`` (a new version).
+def stage_config(cfg: Config, name: str, type_name: str):
+    """The config of funnel stage ``name`` (of registry type ``type_name``): its type's top-level section, or
+    ``stage_params.<name>`` parsed by the type's config class for types registered from outside."""
+    st = stage_type(type_name)
+    if st.section is not None:
+        if name in cfg.stage_params:
+            raise ConfigError(f"stage_params.{name}: stage type {type_name!r} is configured by the top-level "
+                              f"section {st.section!r}")
+        return getattr(cfg, st.section)
+    cls = st.config_class()
+    if cls is None:
+        return dict(cfg.stage_params.get(name, {}))
+    return from_dict(cls, cfg.stage_params.get(name, {}), prefix=f"stage_params.{name}")
 
-    With ``retrieval.refit`` (default), once the downstream stages are trained on candidates of the
-    train-window retrieval model, the serving snapshot is refreshed the way a production system refreshes it:
-    the two-tower is retrained on every window before the held-out one (for the number of epochs early
-    stopping chose) and the feature context is refitted on the same *length* of history as at training, ending
-    at the held-out window (point-in-time features with a fixed look-back, so count features keep their scale).
-    """
-    from recsys.retrieval.stage import RetrievalStage
 
-    split = split_dataset(ds, cfg.split)
-    windows = stage_windows(split)
-    catalog = Catalog.from_dataset(ds, train=split[windows["retrieval"]])
-    logger.info(
-        "training on windows %s (catalogue: %d users, %d items)", windows, catalog.n_users, catalog.n_items
-    )
-    retrieval = RetrievalStage().fit(
-        ds, catalog, split[windows["retrieval"]], split[windows["retrieval_valid"]], cfg.retrieval
-    )
-    metrics: dict = {"retrieval": {"epochs": retrieval.history}}
-    scoring: dict[str, object] = {}
-    if cfg.prerank.enabled:
-        from recsys.prerank.stage import fit_on_split
+def build_stage(name: str, type_name: str, stage_cfg):
+    """An unfitted stage of registry type ``type_name`` named ``name`` (its constructor only stores the config)."""
+    stage = stage_type(type_name).load_class()(stage_cfg)
+    stage.name = name
+    return stage
 
-        scoring["prerank"] = fit_on_split(ds, catalog, retrieval, split, cfg.prerank)
-        metrics["prerank"] = scoring["prerank"].valid_metrics
-        if cfg.prerank.ablate_graph:
-            # the same pre-ranker without its graph features, for the `no_graph_features` ablation
-            no_graph = dataclasses.replace(cfg.prerank, features=tuple(
-                n for n in scoring["prerank"].feature_names if n not in GRAPH_FEATURES))
-            scoring[NO_GRAPH_STAGE] = fit_on_split(ds, catalog, retrieval, split, no_graph)
-            metrics[NO_GRAPH_STAGE] = scoring[NO_GRAPH_STAGE].valid_metrics
-    if cfg.rank.enabled and "rank" in windows:
-        from recsys.rank.stage import fit_on_split as fit_rank
 
-        # point-in-time features: the heavy ranker's rows (and the pre-ranker scores among them) are computed
-        # with a feature context as of the start of its window, as a production log of served features would
-        # be, and as serving computes them after refresh_snapshot (no train/serve skew in feature freshness)
-        at_rank = ContextsAt(ds, catalog, lookback_events(split, windows, "rank", catalog.time_col))
+@dataclasses.dataclass(frozen=True)
+class _Planned:
+    """One stage of one system: what to train (or reuse) and where its upstream comes from."""
 
-        def fit(upstream, rank_cfg):
-            return fit_rank(ds, catalog, retrieval, at_rank.stage(upstream), at_rank.get(rank_cfg), split, rank_cfg)
+    name: str
+    type: str
+    k: int
+    cfg: object
+    key: str  # identical keys = identical stages (same config, same upstream): trained once
 
-        scoring["rank"] = fit(scoring.get("prerank"), cfg.rank)
-        metrics["rank"] = scoring["rank"].valid_metrics
-        if cfg.rank.ablate_arch:
-            # the same heavy ranker with another multi-task core, for the `shared_bottom` / `single_task` systems
-            for arch in ABLATION_ARCHS:
-                if arch == cfg.rank.arch:
-                    continue
-                scoring[f"rank_{arch}"] = fit(scoring.get("prerank"), dataclasses.replace(cfg.rank, arch=arch))
-                metrics[f"rank_{arch}"] = scoring[f"rank_{arch}"].valid_metrics
-        if cfg.rank.ablate_upstream and "prerank" in scoring:
-            # the heavy ranker learns from its upstream stages' outputs (candidates, the pre-ranker's score), so a
-            # system with an upstream stage removed or changed gets a heavy ranker trained that way
-            scoring[NO_PRERANK_RANK] = fit(None, dataclasses.replace(cfg.rank, features=tuple(
-                n for n in scoring["rank"].enc.names if n != "prerank_score")))
-            metrics[NO_PRERANK_RANK] = scoring[NO_PRERANK_RANK].valid_metrics
-            if NO_GRAPH_STAGE in scoring:
-                no_graph = dataclasses.replace(cfg.rank, features=tuple(
-                    n for n in scoring["rank"].enc.names if n not in GRAPH_FEATURES))
-                scoring[NO_GRAPH_RANK] = fit(scoring[NO_GRAPH_STAGE], no_graph)
-                metrics[NO_GRAPH_RANK] = scoring[NO_GRAPH_RANK].valid_metrics
-    if cfg.retrieval.refit:
-        catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, retrieval, scoring)
-        metrics["retrieval"]["refit"] = {"users": catalog.n_users, "epochs": len(retrieval.history)}
-    writers = {"catalog": lambda d: save_catalog(catalog, d), "retrieval": retrieval.save}
-    writers.update({name: stage.save for name, stage in scoring.items()})
-    data = data_fingerprint(ds.path) if ds.path is not None else {"sha256": None}
-    data["windows"] = windows
-    data["split"] = split.stats()
-    return write_bundle(out, writers, config=to_dict(cfg), data=data, metrics=metrics)
+
+def plan_system(system: System, cfg: Config, base: dict[str, object]) -> list[_Planned] | None:
+    """The scoring stages of ``system`` in funnel order with their cut-offs (a removed stage's cut-off passes to
+    the stage before it), and the retrieval cut-off as the first entry's ``k``. None when the system would equal
+    the engine (its variants change nothing). ``base``: the engine's fitted stages by name (variants read their
+    feature lists)."""
+    funnel = cfg.engine.stages
+    drop = {t for _, t, _ in funnel[1:]} if ALL_SCORING in system.drop else set(system.drop)
+    variants = dict(system.variants)
+    kept: list[list] = [[funnel[0][0], funnel[0][1], funnel[0][2]]]
+    dropped: list[str] = []
+    for name, t, k in funnel[1:]:
+        if t in drop:
+            kept[-1][2] = k
+            dropped.append(name)
+        else:
+            kept.append([name, t, k])
+    changed = bool(dropped)
+    out: list[_Planned] = []
+    upstream_key = f"{kept[0][0]}@{kept[0][2]}"
+    for name, t, k in kept[1:]:
+        scfg = stage_config(cfg, name, t)
+        if t in variants:
+            new = VARIANTS[variants[t]](scfg, base[name])
+            if new is not None:
+                scfg, changed = new, True
+        if dropped and getattr(scfg, "features", ()):
+            scores = {f"{d}_score" for d in dropped}
+            scfg = dataclasses.replace(scfg, features=tuple(f for f in scfg.features if f not in scores))
+        key = f"{upstream_key}>{name}:{json.dumps(to_dict(scfg), sort_keys=True, default=str)}"
+        out.append(_Planned(name, t, k, scfg, key))
+        upstream_key = f"{key}@{k}"
+    if not changed and system.name != "engine" and system.derive is None:
+        return None
+    return [_Planned(kept[0][0], kept[0][1], kept[0][2], None, kept[0][0])] + out
 
 
 def lookback_events(split: Split, windows: dict, at: str, time_col: str):
@@ -172,156 +191,163 @@ class ContextsAt:
         """A shallow copy of a fitted scoring stage (or None) that computes its features with these events."""
         if stage is None:
             return None
+        if not uses_feature_context(stage):
+            return stage
         out = copy.copy(stage)
         out.ctx = self.get(stage.cfg)
         return out
 
 
-def refresh_snapshot(ds: Dataset, cfg: Config, split: Split, windows: dict, retrieval, scoring: dict):
-    """Retrain retrieval on every window before the held-out one and refit each scoring stage's feature
-    context on the same look-back ending there. Returns the serving (catalog, retrieval stage)."""
-    from recsys.retrieval.stage import RetrievalStage
+def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
+    """Fit the funnel and every selected system's stages (cascade-consistent, point-in-time; see the module
+    docstring) and write the bundle under ``out`` (a new version). The manifest records the funnel and, per
+    system, its stages (name, type, cut-off, folder)."""
+    cfg = seeded(cfg)
+    split = split_dataset(ds, cfg.split)
+    windows = stage_windows(split, cfg.engine)
+    funnel = cfg.engine.stages
+    types = [t for _, t, _ in funnel]
+    systems = [s for s in selected(cfg.systems) if applicable(s, types)]
+    cand_name, cand_type, _ = funnel[0]
+    catalog = Catalog.from_dataset(ds, train=split[windows[RETRIEVAL]])
+    logger.info("training the funnel %s on windows %s (catalogue: %d users, %d items); systems %s",
+                cfg.engine.funnel, windows, catalog.n_users, catalog.n_items, [s.name for s in systems])
+    retrieval = build_stage(cand_name, cand_type, stage_config(cfg, cand_name, cand_type)).fit(FitContext(
+        ds, catalog, split, windows[RETRIEVAL], split.before(windows[RETRIEVAL]),
+        valid=split[windows["retrieval_valid"]], seed=cfg.seed))
+    metrics: dict = {cand_name: {"epochs": retrieval.history}}
+    contexts: dict[str, ContextsAt] = {}
 
-    history = split.before(windows["test"])
-    serving = Catalog.from_dataset(ds, train=history)
-    recalls = [row.get(f"recall@{cfg.retrieval.two_tower.eval_k}", float("nan")) for row in retrieval.history]
-    finite = [i for i, r in enumerate(recalls) if r == r]
-    best_epoch = (max(finite, key=lambda i: recalls[i]) + 1) if finite else len(recalls)
-    tt = dataclasses.replace(cfg.retrieval.two_tower, max_epochs=max(best_epoch, 1))
-    logger.info("refit: two-tower on %d windows before %r for %d epochs (%d users)",
-                split.names.index(windows["test"]), windows["test"], tt.max_epochs, serving.n_users)
-    refit = RetrievalStage().fit(ds, serving, history, None, dataclasses.replace(cfg.retrieval, two_tower=tt))
-    at_test = ContextsAt(ds, serving, lookback_events(split, windows, "test", serving.time_col))
+    def at(window_of: str) -> ContextsAt:
+        if window_of not in contexts:
+            contexts[window_of] = ContextsAt(ds, catalog, lookback_events(split, windows, window_of,
+                                                                          catalog.time_col))
+        return contexts[window_of]
+
+    trained: dict[str, tuple[str, object]] = {}  # plan key -> (folder, fitted stage)
+    base: dict[str, object] = {}
+    layout: dict[str, dict] = {}
+    for system in systems:
+        plan = plan_system(system, cfg, base)
+        if plan is None:
+            logger.info("system %s equals the engine here; not built", system.name)
+            continue
+        entries = [{"name": cand_name, "type": cand_type, "k": plan[0].k, "folder": cand_name}]
+        stages: list[tuple[object, int]] = []
+        for p in plan[1:]:
+            if p.key not in trained:
+                folder = p.name if system.name == "engine" else f"{p.name}@{system.name}"
+                ctx_at = at(p.name)
+                upstream = Engine(retrieval, [(ctx_at.stage(s), k) for s, k in stages], plan[0].k,
+                                  name=f"{system.name}<{p.name}", catalog=catalog)
+                logger.info("system %s: training stage %s (%s) on window %r, upstream %s -> %s", system.name,
+                            p.name, p.type, windows[p.name], [plan[0].k] + [k for _, k in stages], folder)
+                stage = build_stage(p.name, p.type, p.cfg).fit(FitContext(
+                    ds, catalog, split, windows[p.name], split.before(windows[p.name]), upstream=upstream,
+                    features=ctx_at.get, seed=cfg.seed))
+                trained[p.key] = (folder, stage)
+                metrics[folder] = getattr(stage, "valid_metrics", {})
+            folder, stage = trained[p.key]
+            stages.append((stage, p.k))
+            entries.append({"name": p.name, "type": p.type, "k": p.k, "folder": folder})
+            if system.name == "engine":
+                base[p.name] = stage
+        if system.derive is not None:
+            engine = Engine(retrieval, stages, plan[0].k, catalog=catalog)
+            if DERIVATIONS[system.derive](engine) is None:
+                logger.info("system %s equals the engine here; not built", system.name)
+                continue
+        layout[system.name] = {"stages": entries, **({"derive": system.derive} if system.derive else {})}
+    scoring = {folder: stage for folder, stage in trained.values()}
+    catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, catalog, retrieval, scoring)
+    if cfg.retrieval.refit:
+        metrics[cand_name]["refit"] = {"users": catalog.n_users, "epochs": len(retrieval.history)}
+    writers = {"catalog": lambda d: save_catalog(catalog, d), cand_name: retrieval.save}
+    writers.update({folder: stage.save for folder, stage in scoring.items()})
+    data = data_fingerprint(ds.path) if ds.path is not None else {"sha256": None}
+    data["windows"] = windows
+    data["split"] = split.stats()
+    return write_bundle(out, writers, config=to_dict(cfg), data=data, metrics=metrics,
+                        extra={"funnel": layout["engine"]["stages"], "systems": layout})
+
+
+def refresh_snapshot(ds: Dataset, cfg: Config, split: Split, windows: dict, catalog: Catalog, retrieval,
+                     scoring: dict):
+    """The serving snapshot at the start of the test window: every scoring stage's feature context refitted on
+    the look-back ending there (point-in-time, as during training) and, with ``retrieval.refit``, the two-tower
+    retrained on every window before the test window (for the epochs early stopping chose) with the users of
+    those windows. Returns the serving (catalog, retrieval stage)."""
+    if cfg.retrieval.refit:
+        history = split.before(windows["test"])
+        catalog = Catalog.from_dataset(ds, train=history)
+        recalls = [row.get(f"recall@{cfg.retrieval.two_tower.eval_k}", float("nan")) for row in retrieval.history]
+        finite = [i for i, r in enumerate(recalls) if r == r]
+        best_epoch = (max(finite, key=lambda i: recalls[i]) + 1) if finite else len(recalls)
+        tt = dataclasses.replace(cfg.retrieval.two_tower, max_epochs=max(best_epoch, 1))
+        logger.warning("retrieval.refit: the two-tower is retrained on %d windows before %r for %d epochs (%d "
+                       "users); the scoring stages were trained on the first two-tower's candidates and scores",
+                       split.names.index(windows["test"]), windows["test"], tt.max_epochs, catalog.n_users)
+        name = retrieval.name
+        retrieval = build_stage(name, stage_type_of(cfg, name), dataclasses.replace(cfg.retrieval, two_tower=tt))
+        retrieval = retrieval.fit(FitContext(ds, catalog, split, windows[RETRIEVAL], history.iloc[:0], train=history,
+                                             seed=cfg.seed))
+    at_test = ContextsAt(ds, catalog, lookback_events(split, windows, "test", catalog.time_col))
     for stage in scoring.values():
-        stage.ctx = at_test.get(stage.cfg)
-    return serving, refit
+        if uses_feature_context(stage):
+            stage.ctx = at_test.get(stage.cfg)
+    return catalog, retrieval
+
+
+def uses_feature_context(stage) -> bool:
+    """Whether a scoring stage computes :mod:`recsys.features` with a point-in-time context (``ctx``, fitted
+    from its config's ``graph`` and ``feature_params``): those are re-fitted as of each window they serve."""
+    return hasattr(stage, "ctx") and hasattr(stage.cfg, "graph") and hasattr(stage.cfg, "feature_params")
+
+
+def stage_type_of(cfg: Config, name: str) -> str:
+    return cfg.engine.type_of(name)
+
+
+def load_system(bundle: Bundle, name: str, catalog: Catalog | None = None, cache: dict | None = None) -> Engine:
+    """Build system ``name`` of a verified bundle: a loop over its manifest stages (each loaded once per
+    ``cache``, so systems that share a stage share the object)."""
+    systems = bundle.manifest.get("systems", {})
+    if name not in systems:
+        raise ValueError(f"{bundle.path}: the bundle has no system {name!r}; systems: {sorted(systems)}")
+    catalog = catalog or load_catalog(bundle.path / "catalog")
+    cache = {} if cache is None else cache
+    entries = systems[name]["stages"]
+
+    def get(e):
+        folder = e["folder"]
+        if folder not in cache:
+            stage = stage_type(e["type"]).load_class().load(bundle.stage_dir(folder), catalog)
+            stage.name = e["name"]
+            cache[folder] = stage
+        return cache[folder]
+
+    engine = Engine(get(entries[0]), [(get(e), int(e["k"])) for e in entries[1:]], int(entries[0]["k"]),
+                    name=name, version=bundle.version, catalog=catalog)
+    derive = systems[name].get("derive")
+    if derive is not None:
+        engine = DERIVATIONS[derive](engine)
+        if engine is None:
+            raise ValueError(f"{bundle.path}: system {name!r}'s derivation {derive!r} changes nothing")
+        engine.name = name
+    return engine
 
 
 def load_engine(path: str | Path) -> Engine:
-    """Verify a bundle (every checksum before parsing) and build the Engine from its stages."""
-    from recsys.retrieval.stage import RetrievalStage
+    """Verify a bundle (every checksum before parsing) and build its engine (the configured funnel)."""
+    return load_system(load_bundle(path), "engine")
 
+
+def load_systems(path: str | Path, names=None) -> dict[str, Engine]:
+    """Every system of a bundle (or those ``names``), the engine first; stages shared between systems are
+    loaded once."""
     bundle = load_bundle(path)
-    cfg = from_dict(Config, bundle.manifest["config"])
     catalog = load_catalog(bundle.path / "catalog")
-    retrieval = RetrievalStage.load(bundle.stage_dir("retrieval"), catalog)
-    prerank = ranker = None
-    if "prerank" in bundle.stages:
-        from recsys.prerank.stage import PrerankStage
-
-        prerank = PrerankStage.load(bundle.stage_dir("prerank"), catalog)
-    if "rank" in bundle.stages:
-        from recsys.rank.stage import RankStage
-
-        ranker = RankStage.load(bundle.stage_dir("rank"), catalog)
-    return Engine.from_config(retrieval, cfg.engine, prerank=prerank, ranker=ranker, name="engine",
-                              version=bundle.version, catalog=catalog)
-
-
-def ablations(engine: Engine, bundle_path: str | Path) -> dict[str, Engine]:
-    """The engine with a stage removed or replaced, by system name (for the evaluation report).
-
-    ``retrieval_only`` (no scoring stage), ``no_prerank`` (the heavy ranker on retrieval order; the one trained
-    that way when the bundle has it, ``rank.ablate_upstream``),
-    ``prerank_only`` (no heavy ranker), ``shared_bottom`` / ``single_task`` (the heavy ranker with another
-    multi-task core, when the bundle has them), ``no_exposure`` (a heavy ranker with the exposure head valuing
-    candidates without the exposure factor, ``rank.value.exposure_power = 0``), ``no_graph_features`` (the
-    pre-ranker trained without its graph features, when the bundle has it, followed by the heavy ranker trained
-    on it without graph features when the bundle has that) and ``prerank_only_no_graph`` (that pre-ranker alone,
-    the counterpart of ``prerank_only``; the evaluation compares the two).
-    """
-    out: dict[str, Engine] = {}
-    names = [s.name for s, _ in engine.stages]
-    if names:
-        out["retrieval_only"] = dataclasses.replace(engine, stages=[], name="retrieval_only")
-    bundle = load_bundle(bundle_path)
-    if "prerank" in names and "rank" in names:
-        out["no_prerank"] = engine.without("prerank", name="no_prerank")
-        if NO_PRERANK_RANK in bundle.stages:
-            from recsys.rank.stage import RankStage
-
-            alt = RankStage.load(bundle.stage_dir(NO_PRERANK_RANK), engine.catalog)
-            alt.name = "rank"
-            out["no_prerank"] = dataclasses.replace(out["no_prerank"], stages=[
-                (alt if s.name == "rank" else s, c) for s, c in out["no_prerank"].stages])
-        out["prerank_only"] = engine.without("rank", name="prerank_only")
-    if "rank" in names:
-        from recsys.rank.stage import RankStage
-
-        for arch in ABLATION_ARCHS:
-            if f"rank_{arch}" in bundle.stages:
-                alt = RankStage.load(bundle.stage_dir(f"rank_{arch}"), engine.catalog)
-                alt.name = "rank"
-                stages = [(alt if s.name == "rank" else s, c) for s, c in engine.stages]
-                out[arch] = dataclasses.replace(engine, stages=stages, name=arch)
-        ranker = next(s for s, _ in engine.stages if s.name == "rank")
-        if getattr(ranker, "exposure_index", None) is not None and ranker.cfg.value.exposure_power != 0:
-            # the same heavy ranker valuing what it would show regardless of the logging policy's exposure
-            alt = ranker.with_value(dataclasses.replace(ranker.cfg.value, exposure_power=0.0))
-            stages = [(alt if s.name == "rank" else s, c) for s, c in engine.stages]
-            out["no_exposure"] = dataclasses.replace(engine, stages=stages, name="no_exposure")
-    if "prerank" in names and NO_GRAPH_STAGE in bundle.stages:
-        from recsys.prerank.stage import PrerankStage
-
-        alt = PrerankStage.load(bundle.stage_dir(NO_GRAPH_STAGE), engine.catalog)
-        alt.name = "prerank"
-        swap = {"prerank": alt}
-        if "rank" in names and NO_GRAPH_RANK in bundle.stages:
-            from recsys.rank.stage import RankStage
-
-            swap["rank"] = RankStage.load(bundle.stage_dir(NO_GRAPH_RANK), engine.catalog)
-            swap["rank"].name = "rank"
-        stages = [(swap.get(s.name, s), c) for s, c in engine.stages]
-        out["no_graph_features"] = dataclasses.replace(engine, stages=stages, name="no_graph_features")
-        if "prerank_only" in out:
-            # the pre-ranker alone with and without its graph features: no heavy ranker in between
-            stages = [(alt if s.name == "prerank" else s, c) for s, c in out["prerank_only"].stages]
-            out["prerank_only_no_graph"] = dataclasses.replace(engine, stages=stages, name="prerank_only_no_graph")
-    return out
-
-
-def calibration_reports(systems: dict[str, Engine], ds: Dataset, split: Split) -> tuple[dict, dict]:
-    """Probability quality of each system's heavy ranker on the held-out window's full (not downsampled)
-    distribution (its logged impressions, or its engagements on rating data).
-
-    Returns ``({system: {task: report}}, {"system/task": reliability bins})``; a report holds logloss_raw
-    (before recalibration), logloss, ne, auc, calibration (sum p / sum y), ece and, on synthetic data, the mean
-    absolute error against the true probabilities (see :meth:`recsys.rank.stage.RankStage.calibration`).
-    """
-    windows = stage_windows(split)
-    reports: dict = {}
-    bins: dict = {}
-    done: dict = {}  # systems sharing the heavy ranker's network and upstream (e.g. no_exposure) share the report
-    for name, engine in systems.items():
-        stages = {s.name: s for s, _ in engine.stages}
-        if "rank" not in stages:
-            continue
-        key = (id(getattr(stages["rank"], "net", stages["rank"])), id(stages.get("prerank")), id(engine.retrieval))
-        if key not in done:
-            done[key] = stages["rank"].calibration(ds, engine.catalog, engine.retrieval, stages.get("prerank"), None,
-                                                   split[windows["test"]], split.before(windows["test"]))
-        rep = done[key]
-        reports[name] = {t: {k: v for k, v in r.items() if k != "reliability"} for t, r in rep.items()}
-        for task, r in rep.items():
-            if "reliability" in r:
-                bins[f"{name}/{task}"] = r["reliability"]
-    return reports, bins
-
-
-def index_recall(engine: Engine, requests, ks: tuple[int, ...] = (100, 1000)) -> dict:
-    """The retrieval index's recall@k against exact inner-product search, on the users of ``requests``:
-    the ANN structure is forced (``exact=False``) even where serving would fall back to exhaustive search on
-    a small catalogue (``exact_fallback_in_serving``). Cold requests (no user vector) are skipped."""
-    retrieval = engine.retrieval
-    req = engine.encode(requests)
-    warm = np.flatnonzero(~retrieval.is_cold(req))
-    if not len(warm):
-        return {}
-    q = retrieval.user_vectors(req.take(warm))
-    index = retrieval.index
-    out = {"factory": index.factory, "n_items": index.ntotal, "queries": int(len(warm)),
-           "exact_fallback_in_serving": bool(index.ntotal <= 16384)}
-    for k in ks:
-        if k <= index.ntotal:
-            out[f"recall@{k}_vs_exact"] = index.recall_vs_exact(q, k)
-    return out
+    cache: dict = {}
+    have = list(bundle.manifest.get("systems", {}))
+    want = [n for n in have if names is None or n in names]
+    return {n: load_system(bundle, n, catalog, cache) for n in want}

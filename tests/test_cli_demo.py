@@ -10,7 +10,8 @@ def test_demo_runs_the_whole_funnel_on_the_tiny_world(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["--quiet", "demo", "--out", str(out), "--preset", "tiny",
                  "--set", "retrieval.two_tower.max_epochs=2", "--set", "retrieval.two_tower.threads=1",
-                 "--set", "rank.train.max_epochs=2", "--set", "rank.ablate_arch=false",
+                 "--set", "rank.train.max_epochs=2", "--set",
+                 "systems=[retrieval_only, prerank_only, no_prerank, no_graph_features, prerank_only_no_graph, no_exposure]",
                  "--set", "eval.bootstrap_samples=50"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -26,8 +27,10 @@ def test_demo_runs_the_whole_funnel_on_the_tiny_world(tmp_path, capsys):
     # the same network on the same candidates: one calibration report serves both systems
     assert m["calibration_by_system"]["no_exposure"] == m["calibration_by_system"]["engine"]
     bundle = (out / "artifacts" / "demo" / "latest")
-    # the heavy rankers of the no_prerank / no_graph_features systems were trained that way (rank.ablate_upstream)
-    assert {"rank_no_prerank", "rank_no_graph", "prerank_no_graph"} <= {p.name for p in bundle.iterdir()}
+    # the heavy rankers of the no_prerank / no_graph_features systems were trained on their own upstream
+    assert {"rank@no_prerank", "rank@no_graph_features", "prerank@no_graph_features"} <= {
+        p.name for p in bundle.iterdir()}
+    assert not any(p.name.endswith("@prerank_only_no_graph") for p in bundle.iterdir())  # shared, trained once
     # the pre-ranker alone with and without its graph features, compared with each other
     assert "prerank_only_no_graph" in m["systems"]
     pair = [c for c in m["comparisons"] if (c["a"], c["b"]) == ("prerank_only", "prerank_only_no_graph")]

@@ -12,6 +12,7 @@ from recsys.config import (
     Config,
     ConfigError,
     EngineConfig,
+    FunnelStage,
     SplitConfig,
     SplitMethod,
     apply_overrides,
@@ -36,10 +37,12 @@ def test_defaults_round_trip() -> None:
 
 
 def test_file_and_overrides(tmp_path: Path) -> None:
-    f = write(tmp_path / "c.yaml", "name: exp\nengine:\n  k: 5\nsplit:\n  method: leave_last_n\n  n: 2\n")
-    cfg = load_config(f, ["engine.prerank_k=50", "seed=7"])
+    f = write(tmp_path / "c.yaml", "name: exp\nengine:\n  funnel: [{stage: retrieval, k: 1000}, {stage: rank, k: 5}]\n"
+                                   "split:\n  method: leave_last_n\n  n: 2\n")
+    cfg = load_config(f, ["seed=7"])
     assert cfg.name == "exp" and cfg.seed == 7
-    assert (cfg.engine.k, cfg.engine.prerank_k, cfg.engine.retrieve_k) == (5, 50, 1000)
+    assert (cfg.engine.k, cfg.engine.cutoff("prerank"), cfg.engine.retrieve_k) == (5, None, 1000)
+    assert cfg.engine.sizes == {"retrieval": 1000, "rank": 5}
     assert cfg.split.method is SplitMethod.LEAVE_LAST_N and cfg.split.n == 2
 
 
@@ -50,7 +53,7 @@ def test_unknown_key_names_dotted_key_and_allowed(tmp_path: Path) -> None:
     assert "'split.windws'" in msg and "allowed keys:" in msg
     assert all(k in msg for k in ("windows", "method", "cutoffs", "kcore"))
     f = write(tmp_path / "c.yaml", "engine:\n  top_k: 3\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: engine: unknown key\(s\) 'engine\.top_k'; allowed keys: .*retrieve_k"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: engine: unknown key\(s\) 'engine\.top_k'; allowed keys: .*funnel"):
         load_config(f)
     with pytest.raises(ConfigError, match=r"unknown key\(s\) 'colour'; allowed keys: .*engine.*split"):
         load_config(write(tmp_path / "top.yaml", "colour: red\n"))
@@ -59,9 +62,9 @@ def test_unknown_key_names_dotted_key_and_allowed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "override, pattern",
     [
-        ("engine.k=ten", r"engine\.k: expected an integer, got 'ten'"),
-        ("engine.k=2.5", r"engine\.k: expected an integer, got 2\.5"),
-        ("engine.k=true", r"engine\.k: expected an integer, got True"),
+        ("engine.funnel=[{stage: retrieval, k: ten}]", r"engine\.funnel\[0\]\.k: expected an integer, got 'ten'"),
+        ("engine.funnel=[{stage: retrieval, k: 2.5}]", r"engine\.funnel\[0\]\.k: expected an integer, got 2\.5"),
+        ("engine.funnel=[{stage: retrieval, k: true}]", r"engine\.funnel\[0\]\.k: expected an integer, got True"),
         ("engine.exclude_seen=maybe", r"engine\.exclude_seen: expected true or false, got 'maybe'"),
         ("eval.ks=5", r"eval\.ks: expected a list, got 5"),
         ("eval.ks=[1, x]", r"eval\.ks\[1\]: expected an integer, got 'x'"),
@@ -114,14 +117,15 @@ def test_apply_overrides_does_not_mutate_and_rejects_bad_items() -> None:
 
 
 @pytest.mark.parametrize(
-    "override",
-    ["engine.k=0", "engine.k=200", "engine.prerank_k=2000", "engine.retrieve_k=50"],
+    "funnel",
+    ["[{stage: retrieval, k: 1000}, {stage: prerank, k: 100}, {stage: rank, k: 0}]", "[{stage: retrieval, k: 1000}, {stage: prerank, k: 100}, {stage: rank, k: 200}]",
+     "[{stage: retrieval, k: 1000}, {stage: prerank, k: 2000}, {stage: rank, k: 10}]", "[{stage: retrieval, k: 50}, {stage: prerank, k: 100}, {stage: rank, k: 10}]"],
 )
-def test_invalid_engine_sizes(override: str) -> None:
-    with pytest.raises(ConfigError, match=r"engine: need retrieve_k >= prerank_k >= k >= 1"):
-        load_config(None, [override])
+def test_invalid_engine_sizes(funnel: str) -> None:
+    with pytest.raises(ConfigError, match=r"engine.funnel: cut-offs must be >= 1 and non-increasing"):
+        load_config(None, [f"engine.funnel={funnel}"])
     with pytest.raises(ConfigError):
-        EngineConfig(retrieve_k=10, prerank_k=20, k=5)
+        EngineConfig(funnel=(FunnelStage("retrieval", 10), FunnelStage("prerank", 20), FunnelStage("rank", 5)))
 
 
 @pytest.mark.parametrize(

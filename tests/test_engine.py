@@ -19,16 +19,15 @@ from recsys.data.schema import read_dataset
 from recsys.data.split import split_dataset
 from recsys.data.synthetic import synthesize
 from recsys.engine import Deadline, DeadlineExceeded
-from recsys.training import ablations, load_engine, train_engine
+from recsys.training import load_engine, load_systems, train_engine
 
 OVERRIDES = [
     "retrieval.two_tower.max_epochs=3",
     "retrieval.two_tower.threads=1",
     "rank.train.max_epochs=3",
-    "rank.ablate_arch=false",
-    "engine.retrieve_k=60",
-    "engine.prerank_k=30",
-    "engine.k=10",
+    "rank.exposure=true",  # funnel candidates + impressions, as configs/default.yaml
+    "systems=[engine, retrieval_only, no_prerank]",
+    "engine.funnel=[{stage: retrieval, k: 60}, {stage: prerank, k: 30}, {stage: rank, k: 10}]",
 ]
 
 
@@ -75,7 +74,7 @@ def test_funnel_narrows_as_configured(world):
 def test_retrieval_only_engine_equals_the_stage_ranking(world):
     tmp, ds, cfg, bundle, data = world
     engine = load_engine(bundle.path)
-    only = ablations(engine, bundle.path)["retrieval_only"]
+    only = load_systems(bundle.path)["retrieval_only"]
     req = engine.encode(data.requests)
     a, b = only.rank(data.requests, 10), engine.retrieval.rank(req, 10)
     np.testing.assert_array_equal(a.items, b.items)
@@ -146,3 +145,46 @@ def test_tampered_bundle_is_refused_by_name(world, tmp_path):
     target.write_bytes(bytes(raw))
     with pytest.raises(BundleError, match=r"model.safetensors: sha256 does not match"):
         load_engine(copy)
+
+
+def test_manifest_records_the_funnel_and_each_system_loads_as_a_loop(world):
+    tmp, ds, cfg, bundle, data = world
+    m = bundle.manifest
+    assert [(e["name"], e["type"], e["k"]) for e in m["funnel"]] == [
+        ("retrieval", "retrieval", 60), ("prerank", "prerank", 30), ("rank", "rank", 10)]
+    assert set(m["systems"]) == {"engine", "retrieval_only", "no_prerank"}
+    systems = load_systems(bundle.path)
+    # no_prerank: the pre-ranker's cut-off passes to retrieval, and its heavy ranker was trained that way
+    nop = systems["no_prerank"]
+    assert nop.retrieve_k == 30 and nop.stage_names == ["rank"]
+    assert [e["folder"] for e in m["systems"]["no_prerank"]["stages"]] == ["retrieval", "rank@no_prerank"]
+    assert nop.retrieval is systems["engine"].retrieval  # shared stages are loaded once
+    assert "prerank_score" not in nop.stages[0][0].feature_names
+    assert systems["retrieval_only"].stages == []
+
+
+def test_each_scoring_stage_trained_on_the_pool_it_is_served(world):
+    """Cascade consistency: the heavy ranker's funnel rows are the served pool of its upstream (retrieval@60
+    -> pre-ranker@30), not a hand-sized one; the no_prerank heavy ranker's are retrieval@30."""
+    tmp, ds, cfg, bundle, data = world
+    m = bundle.manifest["metrics"]
+    split = split_dataset(ds, cfg.split)
+    rank_users = m["rank"]["users"]
+    assert m["rank"]["funnel_rows"] <= 30 * rank_users and m["rank"]["funnel_rows"] > 25 * rank_users
+    assert m["rank@no_prerank"]["funnel_rows"] <= 30 * rank_users
+    # the pre-ranker's groups hold at most the 60 served candidates plus as many impression negatives
+    assert m["prerank"]["train_rows"] <= 2 * 60 * m["prerank"]["train_users"]
+    assert m["prerank"]["train_rows"] > 50 * m["prerank"]["train_users"]
+    assert len(split["rank"]) > 0
+
+
+def test_removed_size_keys_are_config_errors_naming_the_funnel():
+    from recsys.config import ConfigError
+
+    for key in ("prerank.candidates_k=200", "rank.candidates_k=50", "rank.retrieve_k=200", "engine.retrieve_k=60"):
+        with pytest.raises(ConfigError, match=r"removed; .*engine\.funnel"):
+            load_config(None, [key])
+    with pytest.raises(ConfigError, match=r"cut-offs must be >= 1 and non-increasing"):
+        load_config(None, ["engine.funnel=[{stage: retrieval, k: 10}, {stage: prerank, k: 30}, {stage: rank, k: 5}]"])
+    with pytest.raises(ConfigError, match=r"first stage must be a candidate stage"):
+        load_config(None, ["engine.funnel=[{stage: prerank, k: 30}, {stage: rank, k: 5}]"])

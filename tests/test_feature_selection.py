@@ -94,7 +94,7 @@ def test_cli_feature_selection_on_tiny_world(tmp_path):
     synthesize("tiny", 0, tmp_path / "tiny")
     sets = []
     if hasattr(Config(), "prerank"):
-        sets += ["prerank.num_threads=1", "prerank.candidates_k=50", "prerank.n_estimators=30"]
+        sets += ["prerank.num_threads=1", "engine.funnel=[{stage: retrieval, k: 50}, {stage: prerank, k: 20}, {stage: rank, k: 10}]", "prerank.n_estimators=30"]
     if hasattr(Config(), "retrieval"):
         sets += ["retrieval.two_tower.max_epochs=2", "retrieval.two_tower.threads=1", "retrieval.index_factory=Flat"]
     args = ["-q", "experiment", "feature-selection", "--data", str(tmp_path / "tiny"), "--out", str(tmp_path / "fs"),

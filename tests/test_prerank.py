@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from fitting import fit_context, upstream
 
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, col, make_schema, validate
@@ -77,7 +78,8 @@ class ShuffleRetrieval:
 
 
 CFG = PrerankConfig(num_threads=1, n_estimators=60, min_data_in_leaf=5, num_leaves=7, learning_rate=0.1,
-                    early_stopping_rounds=15, candidates_k=20, valid_fraction=0.3, seed=0)
+                    early_stopping_rounds=15, valid_fraction=0.3, seed=0)
+K = 20  # the candidates the upstream serves the stage
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +89,12 @@ def planted():
     past, window = inter[inter["timestamp"] < CUT], inter[inter["timestamp"] >= CUT]
     catalog = Catalog.from_dataset(ds, train=past)
     ctx = FeatureContext.fit(ds, catalog, past)
-    retrieval = ShuffleRetrieval(catalog.n_items)
-    stage = PrerankStage().fit(ds, catalog, retrieval, ctx, window, past, CFG)
+    retrieval = upstream(ShuffleRetrieval(catalog.n_items), K)
+    stage = PrerankStage(CFG).fit(fit_context(ds, catalog, window, past, retrieval, ctx))
     first = window.drop_duplicates("user_id")
     req = catalog.requests(first["user_id"].to_numpy()[:40], first["timestamp"].to_numpy()[:40],
                            positives(past, "click"))
-    cands = retrieval.retrieve(req, 25)
+    cands = retrieval.retrieval.retrieve(req, 25)
     cands.items[3, -5:] = -1  # padding
     return ds, catalog, ctx, retrieval, stage, past, window, req, cands
 
@@ -104,15 +106,16 @@ def test_prerank_beats_retrieval_order_on_planted_signal(planted):
     assert m["ndcg@10"] > m["ndcg@10_input_order"] + 0.25, m
     assert m["impression_negatives"] > 0
     # the improvement comes from a feature the retrieval score ignores: ANN features alone cannot beat it
-    only_ann = PrerankStage().fit(ds, catalog, retrieval, ctx, window, past,
-                                  PrerankConfig(**{**CFG.__dict__, "features": ("ann_score", "ann_rank")}))
+    only_ann = PrerankStage(PrerankConfig(**{**CFG.__dict__, "features": ("ann_score", "ann_rank")})).fit(
+        fit_context(ds, catalog, window, past, retrieval, ctx))
     assert only_ann.valid_metrics["ndcg@10"] < m["ndcg@10_input_order"] + 0.08  # noise fit only
     assert only_ann.valid_metrics["ndcg@10"] < m["ndcg@10"] - 0.2
     imp = dict(zip(stage.feature_names, stage.booster.feature_importance("gain")))
     assert max(imp, key=imp.get) in ("user_cat_affinity", "co_engagement", "ppr")  # category / graph signals
     # the planted feature alone (next to the ANN features) recovers the signal
-    with_aff = PrerankStage().fit(ds, catalog, retrieval, ctx, window, past, PrerankConfig(
-        **{**CFG.__dict__, "features": ("ann_score", "ann_rank", "user_cat_affinity")}))
+    with_aff = PrerankStage(PrerankConfig(
+        **{**CFG.__dict__, "features": ("ann_score", "ann_rank", "user_cat_affinity")})).fit(
+        fit_context(ds, catalog, window, past, retrieval, ctx))
     assert with_aff.valid_metrics["ndcg@10"] > m["ndcg@10_input_order"] + 0.25
 
 
@@ -172,7 +175,7 @@ def test_load_refuses_mismatched_feature_names(planted, tmp_path):
 
 def test_fit_is_deterministic(planted):
     ds, catalog, ctx, retrieval, stage, past, window, req, cands = planted
-    again = PrerankStage().fit(ds, catalog, retrieval, ctx, window, past, CFG)
+    again = PrerankStage(CFG).fit(fit_context(ds, catalog, window, past, retrieval, ctx))
     assert again.booster.model_to_string() == stage.booster.model_to_string()
 
 
@@ -188,7 +191,7 @@ def test_ranking_data_labels_and_extras(planted):
         extra = data.extra[rows]
         assert data.y[rows][extra].max(initial=0) == 0, "impression extras are negatives"
         assert np.isnan(data.X[rows][extra, data.names.index("ann_score")]).all()  # no user/item vectors here
-        assert (data.position[rows][~extra] < CFG.candidates_k).all()
+        assert (data.position[rows][~extra] < K).all()  # the served pool, no more
         assert len(clicked) >= int((data.y[rows] > 0).sum())
     with pytest.raises(ValueError, match="gains"):
         build_ranking_data(ds, catalog, retrieval, ctx, window, past, PrerankConfig(gains={"like": 1.0}))
@@ -223,7 +226,6 @@ def synthetic_engine(tmp_path_factory):
     from recsys.configlib import SplitConfig
     from recsys.data.split import split_dataset
     from recsys.data.synthetic import synthesize
-    from recsys.prerank.stage import fit_on_split
     from recsys.retrieval.stage import RetrievalConfig, RetrievalStage
     from recsys.retrieval.train import TwoTowerConfig
 
@@ -232,10 +234,12 @@ def synthetic_engine(tmp_path_factory):
     catalog = Catalog.from_dataset(ds, train=split["train"])
     rcfg = RetrievalConfig(two_tower=TwoTowerConfig(dim=16, emb_dim=16, feature_dim=4, hidden=(32,), max_epochs=2,
                                                     batch_size=256, threads=1), index_factory="Flat", index_threads=1)
-    retrieval = RetrievalStage().fit(ds, catalog, split["train"], split["prerank"], rcfg)
-    pcfg = PrerankConfig(num_threads=1, candidates_k=50, n_estimators=30, min_data_in_leaf=5,
-                         gains={"click": 1.0, "like": 1.0})
-    stage = fit_on_split(ds, catalog, retrieval, split, pcfg)
+    retrieval = RetrievalStage(rcfg).fit(fit_context(ds, catalog, split["train"], split["train"].iloc[:0],
+                                                     valid=split["prerank"]))
+    pcfg = PrerankConfig(num_threads=1, n_estimators=30, min_data_in_leaf=5, gains={"click": 1.0, "like": 1.0})
+    ctx = FeatureContext.fit(ds, catalog, split["train"], pcfg.graph, pcfg.feature_params)
+    stage = PrerankStage(pcfg).fit(fit_context(ds, catalog, split["prerank"], split.before("prerank"),
+                                               upstream(retrieval, 50, catalog=catalog), ctx))
     return ds, split, catalog, retrieval, stage, pcfg
 
 
@@ -270,7 +274,8 @@ def test_in_engine_on_synthetic_world(synthetic_engine):
 
 def test_impression_negatives_get_the_two_tower_score(synthetic_engine):
     ds, split, catalog, retrieval, stage, pcfg = synthetic_engine
-    data = build_ranking_data(ds, catalog, retrieval, stage.ctx, split["prerank"], split.before("prerank"), pcfg)
+    data = build_ranking_data(ds, catalog, upstream(retrieval, 50, catalog=catalog), stage.ctx, split["prerank"],
+                              split.before("prerank"), pcfg)
     j = data.names.index("ann_score")
     assert data.extra.any()
     warm = np.repeat(catalog.users.encode(data.user_ids) < catalog.users.oov, data.group)

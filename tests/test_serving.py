@@ -41,7 +41,7 @@ torch.set_num_threads(1)
 
 TOKEN = "test-admin-token"
 T_REQ = 1_720_000_000
-TRAIN_OVERRIDES = ["retrieval.two_tower.max_epochs=2", "retrieval.refit=false", "prerank.ablate_graph=false"]
+TRAIN_OVERRIDES = ["retrieval.two_tower.max_epochs=2", "retrieval.refit=false", "systems=[engine]"]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from fitting import fit_context
 import torch
 import torch.nn.functional as F
 
@@ -286,7 +287,7 @@ def fitted_stage():
                                  patience=5, lr=0.01, eval_k=10, threads=1, input_dropout=0.2, history_len=5),
         index_factory="HNSW16", popularity_share=0.2, index_threads=1, graph_share=0.0,
     )
-    stage = RetrievalStage().fit(ds, catalog, train, test, cfg)
+    stage = RetrievalStage(cfg).fit(fit_context(ds, catalog, train, train.iloc[:0], valid=test))
     return stage, ds, catalog, train, test
 
 
@@ -295,7 +296,7 @@ def test_graph_source_is_merged_and_saved(fitted_stage, tmp_path):
     source survives save/load (same candidates)."""
     stage, ds, catalog, train, test = fitted_stage
     cfg = dataclasses.replace(stage.cfg, graph_share=0.25)
-    g = RetrievalStage().fit(ds, catalog, train, test, cfg)
+    g = RetrievalStage(cfg).fit(fit_context(ds, catalog, train, train.iloc[:0], valid=test))
     req = _requests(catalog, train, np.arange(8))
     c = g.retrieve(req, 20)
     assert c.names == ["ann", "graph", "popularity"]

@@ -53,14 +53,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     say(format_split(split.stats()))
 
     from offline_eval.evaluator import run_evaluation
-    from recsys.training import ablations, load_engine, train_engine
+    from recsys.training import load_systems, train_engine
 
     bundle_dir = out / "artifacts" / "demo"
     say(f"-- 3. training the funnel (retrieval -> pre-ranking -> heavy ranking) -> {bundle_dir}")
     bundle = train_engine(ds, cfg, bundle_dir)
     say(f"bundle {bundle.path} (stages: {', '.join(bundle.stages)})")
-    engine = load_engine(bundle.path)
-    systems = {"engine": engine, **ablations(engine, bundle.path)}
+    systems = load_systems(bundle.path)
 
     report_dir = out / "report"
     say(f"-- 4. full-ranking evaluation on the test window: engine, ablations, baselines, oracle -> {report_dir}")

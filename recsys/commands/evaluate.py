@@ -53,15 +53,16 @@ def build_systems(args: argparse.Namespace, ds, cfg) -> dict:
     if args.bundle is None:
         return {}
     from recsys.data.catalog import Catalog
-    from recsys.training import ablations, load_engine
+    from recsys.training import load_systems
 
-    engine = load_engine(args.bundle)
+    systems = load_systems(args.bundle)
+    engine = systems["engine"]
     if engine.catalog is not None and Catalog.from_dataset(ds).items != engine.catalog.items:
         raise ValueError(
             f"{args.bundle}: the bundle's item catalogue differs from {args.data}'s; evaluate a bundle on the "
             "dataset it was trained on"
         )
-    return {"engine": engine, **ablations(engine, args.bundle)}
+    return systems
 
 
 def engine_extras(systems: dict, ds, cfg) -> tuple[dict, dict]:
@@ -69,7 +70,7 @@ def engine_extras(systems: dict, ds, cfg) -> tuple[dict, dict]:
     (``calibration``: the engine, per task; ``calibration_by_system``: every system with a heavy ranker, plus
     the reliability bins) and the retrieval index's recall against exact search (``retrieval_index``)."""
     from recsys.data.split import split_dataset
-    from recsys.training import calibration_reports, index_recall
+    from recsys.experiments.evaluation import calibration_reports, index_recall
 
     engines = {n: s for n, s in systems.items() if hasattr(s, "stages") and hasattr(s, "retrieval")}
     if not engines:

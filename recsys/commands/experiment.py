@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fs.add_argument("--out", required=True, type=Path, help="report folder to write")
     fs.add_argument("--config", type=Path, help="engine config YAML (default: the bundle's, else built-in defaults)")
     fs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set prerank.candidates_k=100 (repeatable)")
+                    help="config override, e.g. --set prerank.num_leaves=63 (repeatable)")
     fs.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1) to train over (default 3)")
     fs.add_argument("--bundle", type=Path, default=None,
                     help="use this bundle's retrieval stage and catalogue instead of training one")
@@ -89,11 +89,17 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
     else:
         from recsys.retrieval.stage import RetrievalConfig, RetrievalStage
 
+        from recsys.stages.base import FitContext
+
         catalog = Catalog.from_dataset(ds, train=split[windows["retrieval"]])
-        retrieval = RetrievalStage().fit(ds, catalog, split[windows["retrieval"]],
-                                         split[windows["retrieval_valid"]], _section(cfg, "retrieval", RetrievalConfig))
+        retrieval = RetrievalStage(_section(cfg, "retrieval", RetrievalConfig)).fit(FitContext(
+            ds, catalog, split, windows["retrieval"], split.before(windows["retrieval"]),
+            valid=split[windows["retrieval_valid"]]))
+    from recsys.engine import Engine
+
+    upstream = Engine(retrieval, [], cfg.engine.retrieve_k, catalog=catalog)  # the pool the pre-ranker is served
     ctx = FeatureContext.fit(ds, catalog, split[windows["retrieval"]], pcfg.graph, pcfg.feature_params)
-    data = build_ranking_data(ds, catalog, retrieval, ctx, split[windows["prerank"]],
+    data = build_ranking_data(ds, catalog, upstream, ctx, split[windows["prerank"]],
                               split.before(windows["prerank"]), pcfg)
     res = random_bar(data, pcfg, seeds=list(range(args.seeds)))
     extra = {"windows": windows, "prerank": to_dict(pcfg), "groups": int(len(data.group)), "rows": int(len(data.y)),

@@ -123,7 +123,16 @@ def temporal_cutoffs(ts: np.ndarray, fractions: list[float], basis: SplitBasis =
 
 
 def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
-    """Split ``ds.interactions`` into the windows of ``cfg`` (see the module docstring)."""
+    """Split ``ds.interactions`` into the windows of ``cfg`` (see the module docstring). With
+    ``cfg.validation`` the interactions before the test window are split again the same way (the validation
+    protocol: the test window is never seen)."""
+    if cfg.validation:
+        inner = dataclasses.replace(cfg, validation=False)
+        outer = split_dataset(ds, inner)
+        before = outer.before(outer.names[-1])
+        logger.info("split.validation: %d interactions before the test window %r are split again",
+                    len(before), outer.names[-1])
+        return split_dataset(dataclasses.replace(ds, interactions=before.reset_index(drop=True)), inner)
     sch = ds.schema.tables["interactions"]
     ucol, icol = sch.names(Role.USER_ID)[0], sch.names(Role.ITEM_ID)[0]
     tcol = sch.names(Role.TIMESTAMP)[0]

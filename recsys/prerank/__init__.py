@@ -1,5 +1,5 @@
 """The pre-ranker stage: LightGBM lambdarank over the shared features (:mod:`recsys.features`)."""
 
-from recsys.prerank.stage import PrerankConfig, PrerankStage, build_ranking_data, fit_on_split
+from recsys.prerank.stage import PrerankConfig, PrerankStage, build_ranking_data
 
-__all__ = ["PrerankConfig", "PrerankStage", "build_ranking_data", "fit_on_split"]
+__all__ = ["PrerankConfig", "PrerankStage", "build_ranking_data"]

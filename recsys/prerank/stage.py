@@ -9,7 +9,8 @@ offline evaluator (:mod:`offline_eval.evaluator`):
 * one request per user of the window with at least one engagement, at the time of the user's **first event
   in the window** (any row, impression or engagement), with the context of that event and the history of the
   user's engagements before the window (``past_df``; seen items excluded);
-* candidates: ``retrieval.retrieve(requests, candidates_k)``;
+* candidates: ``upstream.candidates(requests)``, the engine that serves the stage (retrieval at the funnel's
+  ``retrieve_k`` with its source quotas, and any scoring stage before this one): exactly the pool it is served;
 * label of a candidate: its graded gain in the window, ``max over the (user, item) engagements of
   sum_l w_l * label_l`` (``gains``; default the positive label with weight 1), 0 if not engaged. Distinct gains
   become integer relevance levels and LightGBM's ``label_gain`` is set to the gains themselves, so the
@@ -57,6 +58,7 @@ from recsys.features import STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext,
     available_features, resolve
 from recsys.graph import GraphConfig
 from recsys.io import read_stage_meta, write_json
+from recsys.stages.base import FitContext
 from recsys.types import Ragged, Requests
 
 if TYPE_CHECKING:  # not imported at run time: importing recsys.retrieval loads torch and faiss
@@ -79,7 +81,6 @@ class PrerankConfig:
                        OpenMP's spin-waiting made 2-thread training 25-140x slower than 1 thread in our
                        measurements (set OMP_WAIT_POLICY=passive before start-up when using more threads)
     features           feature names (:mod:`recsys.features`), in model column order; empty: all available
-    candidates_k       retrieval candidates per training user
     max_train_users    0: every user of the window; else a seeded sample of that many
     valid_fraction     seeded fraction of the users held out for early stopping (0: no early stopping)
     gains              {label: weight}: graded gain of an engaged item (empty: the positive label, weight 1)
@@ -88,12 +89,8 @@ class PrerankConfig:
     include_impressions  add shown-not-engaged items of the window as extra training negatives
     graph              the item graph of the features (co-engagement + links)
     feature_params     the features' own parameters (PPR, co-engagement, CTR smoothing, item columns)
-    enabled            false: the engine has no pre-ranker (retrieval feeds the next stage directly)
-    ablate_graph       also train the same pre-ranker without graph features (``no_graph_features`` system)
     """
 
-    enabled: bool = True
-    ablate_graph: bool = True
     num_leaves: int = 31
     learning_rate: float = 0.05
     n_estimators: int = 300
@@ -101,7 +98,6 @@ class PrerankConfig:
     early_stopping_rounds: int = 100
     num_threads: int = 1
     features: tuple[str, ...] = ()
-    candidates_k: int = 200
     max_train_users: int = 0
     valid_fraction: float = 0.2
     gains: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -119,7 +115,6 @@ class PrerankConfig:
             ("min_data_in_leaf", self.min_data_in_leaf >= 1, ">= 1"),
             ("early_stopping_rounds", self.early_stopping_rounds >= 1, ">= 1"),
             ("num_threads", self.num_threads >= 1, ">= 1"),
-            ("candidates_k", self.candidates_k >= 1, ">= 1"),
             ("max_train_users", self.max_train_users >= 0, ">= 0"),
             ("valid_fraction", 0.0 <= self.valid_fraction < 1.0, "in [0, 1)"),
             ("eval_at", self.eval_at >= 1, ">= 1"),
@@ -204,7 +199,8 @@ def _pair_lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray, default)
 
 
 def _append_extras(cands: Candidates, extra: Ragged, requests: Requests, retrieval) -> Candidates:
-    """Candidates with each row's ``extra`` items appended (source ``impression``)."""
+    """Candidates with each row's ``extra`` items appended (source ``impression``); ``retrieval`` (the
+    candidate stage) gives them their two-tower score."""
     from recsys.retrieval.sources import Candidates
 
     b = len(cands)
@@ -237,7 +233,7 @@ def _append_extras(cands: Candidates, extra: Ragged, requests: Requests, retriev
 def build_ranking_data(
     ds: Dataset,
     catalog: Catalog,
-    retrieval,
+    upstream,
     ctx: FeatureContext,
     window_df: pd.DataFrame,
     past_df: pd.DataFrame,
@@ -247,7 +243,7 @@ def build_ranking_data(
 ) -> RankingData:
     """The query-grouped training rows of ``window_df`` (see the module docstring).
 
-    ``retrieval`` is anything with ``retrieve(requests, k) -> Candidates`` (the fitted RetrievalStage);
+    ``upstream`` is the :class:`recsys.engine.Engine` that serves the stage (``candidates(requests)``);
     ``past_df`` the interactions before the window (engagements are taken from it). ``extra_users``: the
     external ids of the users that get impression negatives (default: all, when ``include_impressions``).
     """
@@ -312,18 +308,18 @@ def build_ranking_data(
     for start in range(0, len(requests), _CHUNK):
         rows = np.arange(start, min(start + _CHUNK, len(requests)))
         req = requests.take(rows)
-        cands = retrieval.retrieve(req, cfg.candidates_k)
+        cands = upstream.candidates(req)
         n_ret = cands.items.shape[1]
         if extra_rows is not None:
             sel = (extra_rows[0] >= rows[0]) & (extra_rows[0] <= rows[-1])
             er, ei = extra_rows[0][sel] - rows[0], extra_rows[1][sel]
             isin_c = np.isin(er * (n + 1) + ei, (np.arange(len(rows))[:, None] * (n + 1) + cands.items).ravel())
-            er, ei = er[~isin_c], ei[~isin_c]  # sorted by (row, item): at most candidates_k per row, lowest first
+            er, ei = er[~isin_c], ei[~isin_c]  # sorted by (row, item): at most n_ret per row, lowest first
             per_row = np.bincount(er, minlength=len(rows))
             rank = np.arange(len(er)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-            keep_e = rank < cfg.candidates_k
-            cnt = np.minimum(per_row, cfg.candidates_k)
-            cands = _append_extras(cands, Ragged(np.r_[0, np.cumsum(cnt)], ei[keep_e]), req, retrieval)
+            keep_e = rank < n_ret
+            cnt = np.minimum(per_row, n_ret)
+            cands = _append_extras(cands, Ragged(np.r_[0, np.cumsum(cnt)], ei[keep_e]), req, upstream.retrieval)
         feats = assemble(req, cands, ctx, names)  # (b, C, F)
         items = cands.items
         valid = (items >= 0) & (items < n)
@@ -398,7 +394,7 @@ def train_booster(train: RankingData, valid: RankingData | None, cfg: PrerankCon
 
     if len(train.group) == 0:
         raise ValueError("pre-ranker: no training query has a positive among its candidates; "
-                         "raise prerank.candidates_k or check the window")
+                         "raise the funnel's retrieval cut-off (engine.funnel) or check the window")
     cat_idx = [j for j, k in enumerate(train.kinds) if k is FeatureKind.CATEGORICAL]
     params = lgb_params(cfg, train.label_gain, seed)
     dtrain = lgb.Dataset(train.X, train.y, group=train.group, feature_name=list(train.names),
@@ -437,33 +433,31 @@ class PrerankStage:
 
     name = "prerank"
 
-    def __init__(self) -> None:
-        self.cfg: PrerankConfig | None = None
+    def __init__(self, cfg: PrerankConfig | None = None) -> None:
+        self.cfg: PrerankConfig | None = cfg
         self.ctx: FeatureContext | None = None
         self.booster = None
         self.feature_names: list[str] = []
         self.label_gain: list[float] = []
         self.valid_metrics: dict = {}
 
-    def fit(
-        self,
-        ds: Dataset,
-        catalog: Catalog,
-        retrieval,
-        ctx: FeatureContext,
-        window_df: pd.DataFrame,
-        past_df: pd.DataFrame,
-        cfg: PrerankConfig,
-    ) -> "PrerankStage":
-        """Train on ``window_df`` (the pre-ranker's window) with histories from ``past_df`` (everything before
-        it); ``ctx`` must be fitted on a window before ``window_df`` (the retrieval stage's training window)."""
-        if not isinstance(cfg, PrerankConfig):
-            raise TypeError(f"PrerankStage.fit: cfg must be a PrerankConfig, got {type(cfg).__name__}")
+    def fit(self, ctx: FitContext) -> "PrerankStage":
+        """Train on ``ctx.window_df`` (the pre-ranker's window) with histories from ``ctx.history``, on the
+        candidates ``ctx.upstream`` serves, with features as of the window's start (``ctx.features``)."""
+        if not isinstance(self.cfg, PrerankConfig):
+            raise TypeError(f"PrerankStage: the constructor needs a PrerankConfig, got {type(self.cfg).__name__}")
+        if ctx.upstream is None:
+            raise ValueError("PrerankStage.fit: the fit context has no upstream engine (the candidates it serves)")
+        return self._fit(ctx.ds, ctx.catalog, ctx.upstream, ctx.feature_context(self.cfg), ctx.window_df,
+                         ctx.history, self.cfg)
+
+    def _fit(self, ds: Dataset, catalog: Catalog, upstream, ctx: FeatureContext, window_df: pd.DataFrame,
+             past_df: pd.DataFrame, cfg: PrerankConfig) -> "PrerankStage":
         label = ds.schema.positive_label
         first_users = window_df.drop_duplicates(catalog.user_col)[catalog.user_col].to_numpy()
         tr_users, va_users = split_groups(len(first_users), cfg.valid_fraction, cfg.seed)
         extra_users = first_users[tr_users]  # impression negatives for training users only
-        data = build_ranking_data(ds, catalog, retrieval, ctx, window_df, past_df, cfg, extra_users=extra_users)
+        data = build_ranking_data(ds, catalog, upstream, ctx, window_df, past_df, cfg, extra_users=extra_users)
         is_valid = np.isin(data.user_ids, first_users[va_users])
         train = data.take_groups(np.flatnonzero(~is_valid))
         valid = data.take_groups(np.flatnonzero(is_valid), drop_extra=True)
@@ -560,16 +554,5 @@ def _name_mismatch(model: list[str], saved: list[str]) -> str:
     return "; ".join(parts) + f" (model: {model}; saved: {saved})"
 
 
-def fit_on_split(ds: Dataset, catalog: Catalog, retrieval, split, cfg: PrerankConfig) -> PrerankStage:
-    """Fit the feature context on the retrieval window and the pre-ranker on its own window
-    (:func:`recsys.training.stage_windows`), histories from everything before it."""
-    from recsys.training import stage_windows
-
-    windows = stage_windows(split)
-    ctx = FeatureContext.fit(ds, catalog, split[windows["retrieval"]], cfg.graph, cfg.feature_params)
-    return PrerankStage().fit(ds, catalog, retrieval, ctx, split[windows["prerank"]],
-                              split.before(windows["prerank"]), cfg)
-
-
-__all__ = ["PrerankConfig", "PrerankStage", "RankingData", "build_ranking_data", "fit_on_split", "group_ndcg",
+__all__ = ["PrerankConfig", "PrerankStage", "RankingData", "build_ranking_data", "group_ndcg",
            "lgb_params", "split_groups", "train_booster"]

@@ -95,8 +95,6 @@ class RankConfig:
     exposure           also learn P(shown | funnel candidate), the logging policy's exposure, as an extra head
                        (output ``p_exposure``; needs impressions; the rows become ``both``; the tasks stay
                        conditional on being shown; see :mod:`recsys.rank.stage` and ``value.exposure_power``)
-    retrieve_k         funnel: retrieval candidates per training user, pre-ranked down to candidates_k
-    candidates_k       funnel: pre-ranked candidates per training user
     max_train_users    0: every user of the window; else a seeded sample of that many
     valid_fraction     seeded fraction of the users held out for early stopping, in [0, 1)
     calibrate_intercepts  after training, shift each head's logit so that its served (recalibrated) probability
@@ -107,16 +105,8 @@ class RankConfig:
     seed               user sampling, holdout, downsampling and initial weights
     graph              the item graph of the features (as the pre-ranker's; equal settings share one context)
     feature_params     the features' own parameters (PPR, co-engagement, CTR smoothing, item columns)
-    enabled            false: the engine has no heavy ranker
-    ablate_arch        also train the other multi-task cores (``shared_bottom`` / ``single_task`` systems)
-    ablate_upstream    also train the heavy ranker without a pre-ranker (on retrieval order, without the
-                       pre-ranker's score: the ``no_prerank`` system) and, with ``prerank.ablate_graph``, on the
-                       pre-ranker without graph features and without graph features itself (``no_graph_features``)
     """
 
-    ablate_arch: bool = True
-    ablate_upstream: bool = True
-    enabled: bool = True
     arch: str = "mmoe"
     tasks: tuple[str, ...] = ()
     esmm: bool = True
@@ -131,10 +121,8 @@ class RankConfig:
     features: tuple[str, ...] = ()
     dense_log: bool = True
     downsample_w: float = 1.0
-    retrieve_k: int = 200
     examples: Examples = Examples.AUTO
     exposure: bool = False
-    candidates_k: int = 50
     max_train_users: int = 0
     valid_fraction: float = 0.2
     calibrate_intercepts: bool = True
@@ -160,8 +148,6 @@ class RankConfig:
             ("history_len", self.history_len >= 0, ">= 0"),
             ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
             ("user_dropout", 0.0 <= self.user_dropout <= 1.0, "in [0, 1]"),
-            ("retrieve_k", self.retrieve_k >= 1, ">= 1"),
-            ("candidates_k", self.candidates_k >= 1, ">= 1"),
             ("max_train_users", self.max_train_users >= 0, ">= 0"),
             ("valid_fraction", 0.0 <= self.valid_fraction < 1.0, "in [0, 1)"),
         ):

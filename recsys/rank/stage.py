@@ -16,9 +16,9 @@ T tasks, G requests of a window (one per user), L history length, D embedding di
 
   - ``impressions`` (what ``auto`` picks on a dataset with impressions): every item shown to the user in the
     window, with its logged labels: the realistic positives and negatives;
-  - ``funnel`` (what ``auto`` picks otherwise): ``retrieval.retrieve(requests, retrieve_k)`` ordered by
-    ``prerank.score`` and cut to ``candidates_k`` (retrieval order without a pre-ranker), exactly the
-    candidates the engine hands the stage, labelled 1 if the user engaged with them in the window;
+  - ``funnel`` (what ``auto`` picks otherwise): ``upstream.candidates(requests)``, exactly the candidates
+    the bundle's engine hands the stage (retrieval at the funnel's ``retrieve_k``, pre-ranked and cut to the
+    pre-ranker's cut-off; sizes from ``engine.funnel``), labelled 1 if the user engaged with them in the window;
   - ``both``: the funnel candidates plus the impressions not among them (source ``impression``).
 
   Why ``impressions`` on impression logs: a funnel candidate the log never showed gets label 0 although
@@ -131,16 +131,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from offline_eval.calibration import auc, calibration_report, downsample_negatives, expected_calibration_error, logloss
+from recsys.probability import auc, downsample_negatives, logloss
 from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
-from recsys.engine import select_columns, top_columns
+from recsys.retrieval.sources import select_columns
 from recsys.features import (STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble,
                              available_features, resolve)
 from recsys.graph import GraphConfig
 from recsys.io import read_stage_meta, write_json
+from recsys.stages.base import FitContext
 from recsys.prerank.stage import _append_extras, split_groups
 from recsys.rank.mmoe import ARCHITECTURES, RankerNet, TargetAttentionPooling, build_multitask, ranker_input_dim
 from recsys.rank.trainer import FitHistory, TrainConfig, fit_multitask, predict, predict_logits
@@ -308,25 +309,32 @@ def _lookup_index(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     return out
 
 
-def _funnel(retrieval, prerank, req: Requests, cfg: RankConfig, k: int) -> Candidates:
-    """The candidates the engine would hand the stage: retrieve, pre-rank, keep the best ``k``."""
-    cands = retrieval.retrieve(req, max(cfg.retrieve_k, k) if k > 0 else 1)  # k = 0: only the sources' names
-    b, c = cands.items.shape
-    if prerank is not None and k > 0:
-        score = np.asarray(prerank.score(req, cands)["score"], dtype=np.float64)
-        cands = dataclasses.replace(cands, scores={**cands.scores, "prerank": score})  # as the engine passes it on
-        cols = top_columns(score, cands.items, k)
-    else:  # retrieval order (k = 0: no funnel candidates)
-        cols = np.broadcast_to(np.arange(min(k, c)), (b, min(k, c)))
-        cols = np.where(np.take_along_axis(cands.items, cols, axis=1) >= 0, cols, -1)
-    return select_columns(cands, cols)
+def _funnel(upstream, req: Requests, funnel: bool) -> Candidates:
+    """The candidates the upstream engine hands the stage (``upstream.candidates``); ``funnel`` False: none
+    (an empty block that still names the sources)."""
+    if funnel:
+        return upstream.candidates(req)
+    cands = upstream.retrieval.retrieve(upstream.encode(req), 1)
+    return select_columns(cands, np.zeros((len(req), 0), dtype=np.int64))
+
+
+def _upstream_scores(upstream, req: Requests, cands: Candidates, n_funnel: int) -> Candidates:
+    """``cands`` with the upstream scoring stages' scores of the columns past ``n_funnel`` (appended
+    impressions) filled in; the funnel columns keep the scores they were selected by."""
+    scores = dict(cands.scores)
+    for stage, _ in upstream.stages:
+        full = np.asarray(stage.score(req, dataclasses.replace(cands, scores=scores))["score"], dtype=np.float64)
+        pre = scores.get(stage.name)
+        if pre is not None and n_funnel:
+            full[:, :n_funnel] = pre[:, :n_funnel]
+        scores[stage.name] = full
+    return dataclasses.replace(cands, scores=scores)
 
 
 def build_rank_rows(
     ds: Dataset,
     catalog: Catalog,
-    retrieval,
-    prerank,
+    upstream,
     ctx: FeatureContext,
     window_df: pd.DataFrame,
     past_df: pd.DataFrame,
@@ -337,9 +345,9 @@ def build_rank_rows(
 ) -> RankRows:
     """The rows of ``window_df`` (see the module docstring) with features ``names`` and labels ``tasks``.
 
-    ``retrieval``: anything with ``retrieve(requests, k) -> Candidates`` (the fitted RetrievalStage); ``prerank``
-    a ScoringStage or None; ``past_df`` the interactions before the window (histories). ``max_users``
-    overrides ``cfg.max_train_users`` (0: every user).
+    ``upstream``: the :class:`recsys.engine.Engine` that serves the stage (its ``candidates(requests)`` are the
+    funnel rows); ``past_df`` the interactions before the window (histories). ``max_users`` overrides
+    ``cfg.max_train_users`` (0: every user).
     """
     ucol, icol, tcol = catalog.user_col, catalog.item_col, catalog.time_col
     label = ds.schema.positive_label
@@ -351,7 +359,7 @@ def build_rank_rows(
             raise ValueError(f"build_rank_rows: {what} lacks column(s) {missing}; columns: {list(df.columns)}")
     mode = cfg.examples.resolve(bool(ds.schema.has_impressions))
     impressions = mode in (Examples.IMPRESSIONS, Examples.BOTH)
-    k_funnel = cfg.candidates_k if mode in (Examples.FUNNEL, Examples.BOTH) else 0
+    use_funnel = mode in (Examples.FUNNEL, Examples.BOTH)
     n = catalog.n_items
     win = window_df.iloc[np.argsort(window_df[tcol].to_numpy(), kind="stable")]
     first = _first_events(win, ucol, cfg.max_train_users if max_users is None else max_users, cfg.seed)
@@ -368,7 +376,7 @@ def build_rank_rows(
     for start in range(0, len(requests), _CHUNK):
         rows = np.arange(start, min(start + _CHUNK, len(requests)))
         req = requests.take(rows)
-        cands = _funnel(retrieval, prerank, req, cfg, k_funnel)
+        cands = _funnel(upstream, req, use_funnel)
         n_funnel = cands.items.shape[1]
         if impressions:
             sel = (pkeys >= rows[0] * (n + 1)) & (pkeys < (rows[-1] + 1) * (n + 1))
@@ -376,14 +384,9 @@ def build_rank_rows(
             in_cands = np.isin(er * (n + 1) + ei, (np.arange(len(rows))[:, None] * (n + 1) + cands.items).ravel())
             er, ei = er[~in_cands], ei[~in_cands]
             cnt = np.bincount(er, minlength=len(rows))
-            cands = _append_extras(cands, Ragged(np.r_[0, np.cumsum(cnt)], ei), req, retrieval)
-            if prerank is not None and cands.items.shape[1] > n_funnel:
-                # the appended impressions' pre-ranker score (the funnel's keep the score they were selected by)
-                pre = cands.scores.get("prerank")
-                full = np.asarray(prerank.score(req, cands)["score"], dtype=np.float64)
-                if pre is not None and n_funnel:
-                    full[:, :n_funnel] = pre[:, :n_funnel]
-                cands = dataclasses.replace(cands, scores={**cands.scores, "prerank": full})
+            cands = _append_extras(cands, Ragged(np.r_[0, np.cumsum(cnt)], ei), req, upstream.retrieval)
+            if upstream.stages and cands.items.shape[1] > n_funnel:
+                cands = _upstream_scores(upstream, req, cands, n_funnel)
         feats = assemble(req, cands, ctx, names)  # (b, C, F)
         valid = (cands.items >= 0) & (cands.items < n)
         b_idx, c_idx = np.nonzero(valid)
@@ -755,8 +758,8 @@ class RankStage:
 
     name = "rank"
 
-    def __init__(self) -> None:
-        self.cfg: RankConfig | None = None
+    def __init__(self, cfg: RankConfig | None = None) -> None:
+        self.cfg: RankConfig | None = cfg
         self.ctx: FeatureContext | None = None
         self.enc: InputEncoder | None = None
         self.net: RankerNet | None = None
@@ -772,27 +775,30 @@ class RankStage:
         self._net64: tuple[RankerNet, RankerNet] | None = None  # (the float32 net it copies, float64 copy)
 
     # ---------------------------------------------------------------------------------------------------
-    def fit(
-        self,
-        ds: Dataset,
-        catalog: Catalog,
-        retrieval,
-        prerank,
-        ctx: FeatureContext,
-        window_df: pd.DataFrame,
-        past_df: pd.DataFrame,
-        cfg: RankConfig,
-    ) -> "RankStage":
-        """Train on ``window_df`` (the heavy ranker's window) with histories from ``past_df`` (everything before
-        it), on the candidates of ``retrieval`` pre-ranked by ``prerank`` (None: retrieval order) plus the
-        window's impressions; ``ctx`` must be fitted on a window before ``window_df``."""
-        if not isinstance(cfg, RankConfig):
-            raise TypeError(f"RankStage.fit: cfg must be a RankConfig, got {type(cfg).__name__}")
+    def fit(self, ctx: FitContext) -> "RankStage":
+        """Train on ``ctx.window_df`` (the heavy ranker's window) with histories from ``ctx.history``, on the
+        candidates ``ctx.upstream`` serves plus the window's impressions, with features as of the window's start
+        (``ctx.features``)."""
+        if not isinstance(self.cfg, RankConfig):
+            raise TypeError(f"RankStage: the constructor needs a RankConfig, got {type(self.cfg).__name__}")
+        if ctx.upstream is None:
+            raise ValueError("RankStage.fit: the fit context has no upstream engine (the candidates it serves)")
+        return self._fit(ctx.ds, ctx.catalog, ctx.upstream, ctx.feature_context(self.cfg), ctx.window_df,
+                         ctx.history, self.cfg)
+
+    @property
+    def feature_names(self) -> list[str]:
+        self._check_fitted()
+        return list(self.enc.names)
+
+    def _fit(self, ds: Dataset, catalog: Catalog, upstream, ctx: FeatureContext, window_df: pd.DataFrame,
+             past_df: pd.DataFrame, cfg: RankConfig) -> "RankStage":
         if ctx.graph_cfg != cfg.graph or ctx.params != cfg.feature_params:
             raise ValueError("RankStage.fit: ctx was fitted with other graph / feature parameters than rank.graph / "
                              "rank.feature_params; the serving snapshot refits the context from the config, so "
                              "training on another one would skew the features")
         tasks = resolve_tasks(ds, cfg.tasks)
+        prerank = next((s for s, _ in upstream.stages if s.name == "prerank"), None)
         names = list(cfg.features) or default_features(ctx, prerank is not None)
         embedded = embedded_features(names, ctx, ds)  # also checks the names (ValueError listing available ones)
         if cfg.train.task_weights and len(cfg.train.task_weights) != len(tasks):
@@ -805,7 +811,7 @@ class RankStage:
         if EXPOSURE in tasks:
             raise ValueError(f"rank.tasks: the dataset label {EXPOSURE!r} clashes with the exposure head's name")
         row_cfg = dataclasses.replace(cfg, examples=Examples.BOTH) if cfg.exposure else cfg
-        rows = build_rank_rows(ds, catalog, retrieval, prerank, ctx, window_df, past_df, row_cfg, tasks, names)
+        rows = build_rank_rows(ds, catalog, upstream, ctx, window_df, past_df, row_cfg, tasks, names)
         # with the exposure head the tasks are conditional on being shown: they learn from the shown rows only
         task_rows = rows.shown if cfg.exposure else np.ones(len(rows), dtype=bool)
 
@@ -1039,73 +1045,6 @@ class RankStage:
         return self._predict(rows.X, users, rows.item, hist)
 
     # ---------------------------------------------------------------------------------------------------
-    def calibration(
-        self,
-        ds: Dataset,
-        catalog: Catalog,
-        retrieval,
-        prerank,
-        ctx: FeatureContext | None,
-        window_df: pd.DataFrame,
-        past_df: pd.DataFrame,
-        n_bins: int = 10,
-    ) -> dict[str, dict]:
-        """Probability quality per task on the full (not downsampled) distribution of a window.
-
-        Rows: :func:`build_rank_rows` for every user of the window, restricted to the logged impressions on a
-        dataset with impressions (the pairs shown in the window), else the pre-ranked candidates. Per task:
-        :func:`offline_eval.calibration.calibration_report` of the recalibrated probabilities (``logloss``,
-        ``ne``, ``auc``, ``calibration`` = sum q / sum y, ``ece``, ``base_rate``, ``n``), plus ``logloss_raw`` and
-        ``calibration_raw`` (the heads' probabilities before recalibration), ``w``, ``mean_p``, the reliability table
-        (``reliability``: lists ``lower, upper, count, mean_p, mean_y``; :func:`reliability_tables`), and with
-        truth columns (synthetic worlds) ``mae_truth`` / ``mae_truth_raw``: mean ``|q - truth|`` /
-        ``|p_raw - truth|`` and ``mean_truth`` over the rows with a truth value. ``ctx`` None: the stage's
-        own feature context (the one scoring uses).
-        """
-        self._check_fitted()
-        if ctx is None:
-            ctx = self.ctx
-        on = Examples.IMPRESSIONS if ds.schema.has_impressions else Examples.FUNNEL
-        if self.exposure_index is not None:
-            on = Examples.BOTH
-        rows = build_rank_rows(ds, catalog, retrieval, prerank, ctx, window_df, past_df,
-                               dataclasses.replace(self.cfg, examples=on), self.tasks, self.enc.names, max_users=0)
-        sel = np.flatnonzero(rows.shown) if on is not Examples.FUNNEL else np.arange(len(rows))
-        if len(sel) == 0:
-            raise ValueError("RankStage.calibration: the window has no row to evaluate")
-        q_all, p_all = self.predict_rows(rows)
-        q, p = q_all[sel], p_all[sel]
-        out: dict[str, dict] = {}
-        if self.exposure_index is not None:  # P(shown) on the funnel candidates (what the engine ranks)
-            fr = np.flatnonzero(rows.funnel)
-            y, qe = rows.shown[fr].astype(np.int8), np.clip(q_all[fr, len(self.tasks)], 0.0, 1.0)
-            if 0 < y.sum() < len(y):
-                rep = calibration_report(y, qe, None, n_bins)
-                pe = p_all[fr, self.exposure_index]
-                rep.update(logloss_raw=logloss(y, np.clip(pe, 0.0, 1.0)), calibration_raw=float(pe.sum() / y.sum()),
-                           w=self.w, mean_p=float(qe.mean()))
-                _, table = expected_calibration_error(y, qe, n_bins=n_bins)
-                rep["reliability"] = {k: np.asarray(v).tolist() for k, v in table.items()}
-                out[EXPOSURE] = rep
-        for j, t in enumerate(self.tasks):
-            y = rows.labels[sel, j]
-            rep = calibration_report(y, np.clip(q[:, j], 0.0, 1.0), None, n_bins)
-            rep["logloss_raw"] = logloss(y, np.clip(p[:, j], 0.0, 1.0))
-            rep["calibration_raw"] = float(p[:, j].sum() / y.sum()) if y.sum() > 0 else None
-            rep["w"] = self.w
-            rep["mean_p"] = float(q[:, j].mean())
-            _, table = expected_calibration_error(y, np.clip(q[:, j], 0.0, 1.0), n_bins=n_bins)
-            rep["reliability"] = {k: np.asarray(v).tolist() for k, v in table.items()}
-            if rows.truth is not None:
-                tr = rows.truth[sel, j]
-                ok = np.isfinite(tr)
-                if ok.any():
-                    rep["mae_truth"] = float(np.abs(q[ok, j] - tr[ok]).mean())
-                    rep["mae_truth_raw"] = float(np.abs(p[ok, j] - tr[ok]).mean())
-                    rep["mean_truth"] = float(tr[ok].mean())
-            out[t] = rep
-        return {**{t: out[t] for t in self.tasks}, **({EXPOSURE: out[EXPOSURE]} if EXPOSURE in out else {})}
-
     # ---------------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
         """Write the stage into ``folder`` (created); see the module docstring for the layout."""
@@ -1199,29 +1138,7 @@ def reliability_tables(reports: dict[str, dict]) -> dict[str, dict[str, np.ndarr
     return {t: {k: np.asarray(v) for k, v in rep["reliability"].items()} for t, rep in reports.items()}
 
 
-def fit_on_split(ds: Dataset, catalog: Catalog, retrieval, prerank, ctx: FeatureContext | None, split,
-                 cfg: RankConfig) -> RankStage:
-    """Fit the heavy ranker on its own window (:func:`recsys.training.stage_windows`: the third of four or more),
-    histories from everything before it, on ``retrieval``'s candidates pre-ranked by ``prerank`` (None:
-    retrieval order). ``ctx`` None: the pre-ranker's feature context when it was fitted with ``cfg.graph`` and
-    ``cfg.feature_params``, else one fitted with them on the retrieval window (never on the ranker's window, so
-    no label leaks into a feature)."""
-    from recsys.training import stage_windows
-
-    windows = stage_windows(split)
-    if "rank" not in windows:
-        raise ConfigError(f"split.windows: the heavy ranker needs its own window (4 or more windows: train, "
-                          f"prerank, rank, test), got {split.names}")
-    if ctx is None:
-        pre = getattr(prerank, "ctx", None)
-        same = pre is not None and pre.graph_cfg == cfg.graph and pre.params == cfg.feature_params
-        ctx = pre if same else FeatureContext.fit(ds, catalog, split[windows["retrieval"]], cfg.graph,
-                                                  cfg.feature_params)
-    return RankStage().fit(ds, catalog, retrieval, prerank, ctx, split[windows["rank"]],
-                           split.before(windows["rank"]), cfg)
-
-
 __all__ = ["ANY_TASK", "SOURCE_DEPENDENT", "Examples", "InputEncoder", "RankConfig", "RankRows", "RankStage",
            "binary_labels", "build_net", "build_rank_rows", "default_features", "detect_esmm_parents",
-           "embedded_features", "fit_on_split", "init_head_biases", "level_offsets", "recalibrate_multitask",
+           "embedded_features", "init_head_biases", "level_offsets", "recalibrate_multitask",
            "reliability_tables", "request_user_ids", "resolve_tasks", "score_auc", "task_heads"]

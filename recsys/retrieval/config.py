@@ -91,7 +91,9 @@ class RetrievalConfig:
     popularity_days   count popularity over the last this many days of the train window (0: all of it)
     exclude_seen      never return items of the request's history (``Requests.exclude`` is always honoured)
     refit             after the downstream stages are trained, retrain the two-tower for the bundle on every
-                      window before the held-out one (see :func:`recsys.training.refresh_snapshot`)
+                      window before the held-out one (see :func:`recsys.training.refresh_snapshot`). Off by
+                      default: the scoring stages were trained on the first two-tower's candidates and scores,
+                      so a refit serves them a model they never saw
     graph_share       fraction of the k slots reserved for the graph source (the user's top personalized
                       PageRank items on the item graph of the train window); 0 disables the source
     graph, ppr        the item graph (co-engagement + explicit links) and the PPR computation of that source
@@ -106,7 +108,7 @@ class RetrievalConfig:
     popularity_days: float = 0.0
     exclude_seen: bool = True
     index_threads: int = 2
-    refit: bool = True
+    refit: bool = False
     graph_share: float = 0.1
     graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
     ppr: PPRConfig = dataclasses.field(default_factory=lambda: PPRConfig(eps=1e-4))

@@ -325,3 +325,30 @@ def merge_candidates(
 
     scores = {name: _lookup(out_items, *outs[name], n) for name in names}
     return Candidates(out_items, out_src, scores, names)
+
+
+def select_columns(cands: Candidates, cols: np.ndarray) -> Candidates:
+    """The candidates at column positions ``cols`` (B, C') of each row (``-1`` -> padding)."""
+    valid = cols >= 0
+    safe = np.where(valid, cols, 0)
+    items = np.where(valid, np.take_along_axis(cands.items, safe, axis=1), -1)
+    source = np.where(valid, np.take_along_axis(cands.source, safe, axis=1), -1).astype(cands.source.dtype)
+    scores = {
+        k: np.where(valid, np.take_along_axis(v, safe, axis=1), np.nan).astype(v.dtype, copy=False)
+        for k, v in cands.scores.items()
+    }
+    return Candidates(items, source, scores, list(cands.names))
+
+
+def top_columns(score: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Column positions (B, k) of the k best scores per row, best first; padding and NaN never kept (-1).
+
+    Ties keep the upstream order (stable sort on the column position).
+    """
+    s = np.where((items >= 0) & np.isfinite(score), score, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    picked = np.take_along_axis(s, order, axis=1)
+    order = np.where(np.isneginf(picked), -1, order)
+    if order.shape[1] < k:
+        order = np.pad(order, ((0, 0), (0, k - order.shape[1])), constant_values=-1)
+    return order

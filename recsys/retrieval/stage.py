@@ -51,6 +51,7 @@ from recsys.retrieval.sources import (
 )
 from recsys.retrieval.train import TrainExamples, UserInputs, ValidSet, pad_history, train_two_tower
 from recsys.retrieval.two_tower import TowerSpec, TwoTower
+from recsys.stages.base import FitContext
 from recsys.types import Ragged, Requests, Results
 
 logger = logging.getLogger(__name__)
@@ -331,8 +332,8 @@ class RetrievalStage:
 
     name = "retrieval"
 
-    def __init__(self) -> None:
-        self.cfg: RetrievalConfig | None = None
+    def __init__(self, cfg: RetrievalConfig | None = None) -> None:
+        self.cfg: RetrievalConfig | None = cfg
         self.catalog: Catalog | None = None
         self.model: TwoTower | None = None
         self.encoder: FeatureEncoder | None = None
@@ -344,10 +345,15 @@ class RetrievalStage:
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------------------------------------------
-    def fit(
-        self, ds: Dataset, catalog: Catalog, train: pd.DataFrame, valid: pd.DataFrame | None, cfg: RetrievalConfig
-    ) -> "RetrievalStage":
-        """Train on the positives of ``train`` (the train window), early-stop on ``valid`` (the next window)."""
+    def fit(self, ctx: FitContext) -> "RetrievalStage":
+        """Train on the positives of ``ctx.window_df`` (the first window), early-stop on ``ctx.valid`` (the
+        next window; None: no early stopping), with the config given to the constructor."""
+        if not isinstance(self.cfg, RetrievalConfig):
+            raise TypeError(f"RetrievalStage: the constructor needs a RetrievalConfig, got {type(self.cfg).__name__}")
+        return self._fit(ctx.ds, ctx.catalog, ctx.window_df, ctx.valid, self.cfg)
+
+    def _fit(self, ds: Dataset, catalog: Catalog, train: pd.DataFrame, valid: pd.DataFrame | None,
+             cfg: RetrievalConfig) -> "RetrievalStage":
         tt = cfg.two_tower
         label = ds.schema.positive_label
         for name, df in (("train", train), ("valid", valid)):
