@@ -666,6 +666,7 @@ def run_evaluation(
     catalog: Catalog | None = None,
     split: Split | None = None,
     reliability: Mapping[str, Any] | None = None,
+    evals_out: dict | None = None,
 ) -> dict:
     """Split ``ds``, fit the baselines, evaluate every system (+ the oracle when the dataset has ground truth),
     compare them and write the report folder ``out``. Returns the ``metrics.json`` content.
@@ -679,6 +680,7 @@ def run_evaluation(
         reliability: {name: bin table} drawn as ``reliability.png`` (see ``calibration.reliability_diagram``).
         catalog: the catalogue to evaluate in (default: items of ``ds``, users seen before the test window).
         split: a precomputed split of ``ds`` (default: ``split_dataset(ds, cfg.split)``).
+        evals_out: when given, receives every system's :class:`SystemEval` (per-user metrics) by name.
     """
     from offline_eval import report as R
 
@@ -732,6 +734,8 @@ def run_evaluation(
     if isinstance(all_systems.get("oracle"), OracleSystem):
         add_true_value(evals, all_systems["oracle"], data)
     comparisons = _comparisons(evals, names, cfg.eval)
+    if evals_out is not None:
+        evals_out.update(evals)
     return R.write_report(
         out,
         evals,

@@ -2,6 +2,11 @@
 
     recsys experiment feature-selection --data DIR --out DIR [--config FILE] [--set KEY=VALUE ...]
                                         [--seeds 3] [--bundle PATH] [--overwrite]
+    recsys experiment seeds --data DIR --out DIR [--config FILE] [--set KEY=VALUE ...] [--seeds 3]
+                            [--baselines a,b] [--overwrite]
+
+``seeds`` trains and evaluates N replicates of one config and reports each system's mean and spread across
+seeds and its difference to the engine paired over users and seeds (:mod:`recsys.experiments.seeds`).
 
 ``feature-selection`` runs random-bar feature selection for the pre-ranker
 (:mod:`recsys.experiments.feature_selection`) on the pre-ranker's window and writes ``report.md``,
@@ -21,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiment", help="experiments on the engine's stages (feature selection)")
+    p = sub.add_parser("experiment", help="experiments on the engine's stages (feature selection, seeds)")
     exp = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     fs = exp.add_parser("feature-selection", help="random-bar feature selection for the pre-ranker")
     fs.add_argument("--data", required=True, type=Path, help="canonical dataset folder")
@@ -34,6 +39,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="use this bundle's retrieval stage and catalogue instead of training one")
     fs.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
     fs.set_defaults(func=cmd_feature_selection)
+    sd = exp.add_parser("seeds", help="train and evaluate N seeds of one config; differences paired over users "
+                                      "and seeds")
+    sd.add_argument("--data", required=True, type=Path, help="canonical dataset folder")
+    sd.add_argument("--out", required=True, type=Path, help="report folder to write (bundles, per-seed reports)")
+    sd.add_argument("--config", type=Path, help="engine config YAML (default: built-in defaults)")
+    sd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set split.validation=true (repeatable)")
+    sd.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1) (default 3)")
+    sd.add_argument("--baselines", default=None, metavar="NAMES",
+                    help="comma-separated baselines (default: eval.baselines of the config); 'none' for none")
+    sd.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
+    sd.set_defaults(func=cmd_seeds)
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from recsys.config import load_config
+    from recsys.data.schema import read_dataset
+    from recsys.experiments.seeds import format_report, run_seeds
+    from recsys.io import OutputExistsError
+
+    if args.out.exists() and not args.overwrite:  # before any work
+        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    cfg = load_config(args.config, args.overrides)
+    baselines = None
+    if args.baselines is not None:
+        baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
+    result = run_seeds(read_dataset(args.data), cfg, args.out, args.seeds, baselines, overwrite=args.overwrite)
+    print(format_report(result))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
 
 
 def _load_config(args: argparse.Namespace):
