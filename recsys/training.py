@@ -244,7 +244,7 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
                             p.name, p.type, windows[p.name], [plan[0].k] + [k for _, k in stages], folder)
                 stage = build_stage(p.name, p.type, p.cfg).fit(FitContext(
                     ds, catalog, split, windows[p.name], split.before(windows[p.name]), upstream=upstream,
-                    features=ctx_at.get, seed=cfg.seed))
+                    features=ctx_at.get, seed=cfg.seed, k=p.k))
                 trained[p.key] = (folder, stage)
                 metrics[folder] = getattr(stage, "valid_metrics", {})
             folder, stage = trained[p.key]

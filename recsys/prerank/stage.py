@@ -84,7 +84,12 @@ class PrerankConfig:
     max_train_users    0: every user of the window; else a seeded sample of that many
     valid_fraction     seeded fraction of the users held out for early stopping (0: no early stopping)
     gains              {label: weight}: graded gain of an engaged item (empty: the positive label, weight 1)
-    eval_at            NDCG cut-off of early stopping and of ``valid_metrics``
+    eval_at            NDCG cut-off reported in ``valid_metrics`` (``ndcg@eval_at``)
+    objective_at       the rank the objective and early stopping care about: LightGBM's
+                       ``lambdarank_truncation_level`` and the NDCG cut-off of early stopping; 0 (default): the
+                       stage's cut-off in the funnel (``prerank_k``), since its job is to keep, out of the
+                       retrieved candidates, what the heavy ranker will promote (LightGBM's own default
+                       truncation, 30, ignores every pair below rank 30)
     seed               sampling, holdout and LightGBM seed
     include_impressions  add shown-not-engaged items of the window as extra training negatives
     graph              the item graph of the features (co-engagement + links)
@@ -102,6 +107,7 @@ class PrerankConfig:
     valid_fraction: float = 0.2
     gains: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_at: int = 10
+    objective_at: int = 0
     seed: int = 0
     include_impressions: bool = True
     graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
@@ -118,6 +124,7 @@ class PrerankConfig:
             ("max_train_users", self.max_train_users >= 0, ">= 0"),
             ("valid_fraction", 0.0 <= self.valid_fraction < 1.0, "in [0, 1)"),
             ("eval_at", self.eval_at >= 1, ">= 1"),
+            ("objective_at", self.objective_at >= 0, ">= 0 (0: the stage's funnel cut-off)"),
             ("gains", all(w >= 0 for w in self.gains.values()), "a mapping of label -> weight >= 0"),
         ):
             if not ok:
@@ -349,6 +356,19 @@ def build_ranking_data(
 # ------------------------------------------------------------------------------------------------------------
 
 
+def group_recall(score: np.ndarray, y: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
+    """(G,) recall@k per query: the fraction of its positive rows (y > 0) among its k best scores (descending;
+    ties by row order); NaN for a query without a positive."""
+    off = np.r_[0, np.cumsum(group)]
+    out = np.full(len(group), np.nan)
+    for q in range(len(group)):
+        s, t = score[off[q]:off[q + 1]], y[off[q]:off[q + 1]] > 0
+        if t.any():
+            top = np.argsort(-s, kind="stable")[:k]
+            out[q] = t[top].sum() / t.sum()
+    return out
+
+
 def group_ndcg(score: np.ndarray, y: np.ndarray, group: np.ndarray, label_gain, k: int) -> np.ndarray:
     """(G,) NDCG@k per query: DCG = sum_{r<k} gain[y_(r)] / log2(r + 2) over the rows sorted by score
     (descending; ties by row order), divided by the DCG of the ideal order (Jarvelin & Kekalainen 2002);
@@ -370,11 +390,15 @@ def group_ndcg(score: np.ndarray, y: np.ndarray, group: np.ndarray, label_gain, 
 # ------------------------------------------------------------------------------------------------------------
 
 
-def lgb_params(cfg: PrerankConfig, label_gain: list[float], seed: int | None = None) -> dict:
+def lgb_params(cfg: PrerankConfig, label_gain: list[float], seed: int | None = None, at: int | None = None) -> dict:
+    """LightGBM parameters; ``at``: the objective's rank (``lambdarank_truncation_level`` and early stopping's
+    NDCG cut-off), default ``cfg.objective_at`` or, when that is 0, ``cfg.eval_at``."""
+    at = at or cfg.objective_at or cfg.eval_at
     return {
         "objective": "lambdarank",
         "metric": "ndcg",
-        "ndcg_eval_at": [cfg.eval_at],
+        "ndcg_eval_at": [at],
+        "lambdarank_truncation_level": at,
         "label_gain": list(label_gain),
         "num_leaves": cfg.num_leaves,
         "learning_rate": cfg.learning_rate,
@@ -387,7 +411,8 @@ def lgb_params(cfg: PrerankConfig, label_gain: list[float], seed: int | None = N
     }
 
 
-def train_booster(train: RankingData, valid: RankingData | None, cfg: PrerankConfig, seed: int | None = None):
+def train_booster(train: RankingData, valid: RankingData | None, cfg: PrerankConfig, seed: int | None = None,
+                  at: int | None = None):
     """Fit LightGBM lambdarank on ``train`` (early stopping on ``valid`` when given and non-empty); returns
     (booster cut to its best iteration, {"best_iteration", "valid_ndcg" history})."""
     import lightgbm as lgb
@@ -396,7 +421,7 @@ def train_booster(train: RankingData, valid: RankingData | None, cfg: PrerankCon
         raise ValueError("pre-ranker: no training query has a positive among its candidates; "
                          "raise the funnel's retrieval cut-off (engine.funnel) or check the window")
     cat_idx = [j for j, k in enumerate(train.kinds) if k is FeatureKind.CATEGORICAL]
-    params = lgb_params(cfg, train.label_gain, seed)
+    params = lgb_params(cfg, train.label_gain, seed, at)
     dtrain = lgb.Dataset(train.X, train.y, group=train.group, feature_name=list(train.names),
                          categorical_feature=cat_idx, free_raw_data=True, params={"verbose": -1})
     callbacks, valid_sets, record = [], [], {}
@@ -408,7 +433,7 @@ def train_booster(train: RankingData, valid: RankingData | None, cfg: PrerankCon
                         valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
     best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-    hist = record.get("valid", {}).get(f"ndcg@{cfg.eval_at}", [])
+    hist = record.get("valid", {}).get(f"ndcg@{params['ndcg_eval_at'][0]}", [])
     return booster, {"best_iteration": int(best), "valid_ndcg_history": [float(v) for v in hist]}
 
 
@@ -449,10 +474,10 @@ class PrerankStage:
         if ctx.upstream is None:
             raise ValueError("PrerankStage.fit: the fit context has no upstream engine (the candidates it serves)")
         return self._fit(ctx.ds, ctx.catalog, ctx.upstream, ctx.feature_context(self.cfg), ctx.window_df,
-                         ctx.history, self.cfg)
+                         ctx.history, self.cfg, ctx.k)
 
     def _fit(self, ds: Dataset, catalog: Catalog, upstream, ctx: FeatureContext, window_df: pd.DataFrame,
-             past_df: pd.DataFrame, cfg: PrerankConfig) -> "PrerankStage":
+             past_df: pd.DataFrame, cfg: PrerankConfig, cutoff: int | None = None) -> "PrerankStage":
         label = ds.schema.positive_label
         first_users = window_df.drop_duplicates(catalog.user_col)[catalog.user_col].to_numpy()
         tr_users, va_users = split_groups(len(first_users), cfg.valid_fraction, cfg.seed)
@@ -461,15 +486,21 @@ class PrerankStage:
         is_valid = np.isin(data.user_ids, first_users[va_users])
         train = data.take_groups(np.flatnonzero(~is_valid))
         valid = data.take_groups(np.flatnonzero(is_valid), drop_extra=True)
-        booster, info = train_booster(train, valid, cfg)
+        at = cfg.objective_at or cutoff or cfg.eval_at
+        booster, info = train_booster(train, valid, cfg, at=at)
         self.cfg, self.ctx, self.booster = cfg, ctx, booster
         self.feature_names, self.label_gain = list(data.names), list(data.label_gain)
         k = cfg.eval_at
         metrics = {"best_iteration": info["best_iteration"], "train_users": int(len(train.group)),
                    "train_rows": int(len(train.y)), "impression_negatives": int(train.extra.sum()),
-                   "valid_users": int(len(valid.group)), "label_gain": self.label_gain, "positive_label": label}
+                   "valid_users": int(len(valid.group)), "label_gain": self.label_gain, "positive_label": label,
+                   "objective_at": int(at)}
         if len(valid.group):
             pred = booster.predict(valid.X, num_threads=cfg.num_threads)
+            if cutoff:  # what the stage is for: keeping the positives at its cut-off, against the input order
+                metrics[f"recall@{cutoff}"] = float(np.nanmean(group_recall(pred, valid.y, valid.group, cutoff)))
+                metrics[f"recall@{cutoff}_input_order"] = float(np.nanmean(group_recall(
+                    -valid.position.astype(np.float64), valid.y, valid.group, cutoff)))
             metrics[f"ndcg@{k}"] = float(group_ndcg(pred, valid.y, valid.group, self.label_gain, k).mean())
             metrics[f"ndcg@{k}_input_order"] = float(
                 group_ndcg(-valid.position.astype(np.float64), valid.y, valid.group, self.label_gain, k).mean())
@@ -554,5 +585,5 @@ def _name_mismatch(model: list[str], saved: list[str]) -> str:
     return "; ".join(parts) + f" (model: {model}; saved: {saved})"
 
 
-__all__ = ["PrerankConfig", "PrerankStage", "RankingData", "build_ranking_data", "group_ndcg",
+__all__ = ["PrerankConfig", "PrerankStage", "RankingData", "build_ranking_data", "group_ndcg", "group_recall",
            "lgb_params", "split_groups", "train_booster"]

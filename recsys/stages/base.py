@@ -57,6 +57,7 @@ class FitContext:
                   ``window`` for a stage config's graph / feature parameters (shared between stages that agree)
     seed          the run's seed (each stage's own ``seed`` keys are offset by it, see ``recsys.training``)
     train         the training events when they are not one window (the two-tower's refit); None: ``window``
+    k             the cut-off the stage keeps in the funnel (what its ranking quality is judged at)
     """
 
     ds: "Dataset"
@@ -69,6 +70,7 @@ class FitContext:
     valid: pd.DataFrame | None = None
     seed: int = 0
     train: pd.DataFrame | None = None
+    k: int | None = None
 
     @property
     def window_df(self) -> pd.DataFrame:
