@@ -65,8 +65,8 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
     from recsys.data.catalog import Catalog
     from recsys.data.schema import read_dataset
     from recsys.data.split import split_dataset
-    from recsys.experiments.feature_selection import (bundle_retrieval_windows, check_rows_after, random_bar,
-                                                      write_report)
+    from recsys.experiments.feature_selection import bundle_retrieval_windows, check_rows_after, random_bar
+    from recsys.experiments.feature_selection import write_report
     from recsys.features import FeatureContext
     from recsys.io import OutputExistsError
     from recsys.prerank.stage import PrerankConfig, build_ranking_data
