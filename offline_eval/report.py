@@ -418,13 +418,16 @@ def write_trec_qrels(path: Path, data: "EvalData") -> None:
 def run_scores(ranked: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(B, K) scores to write in a TREC run so that ``trec_eval`` keeps the system's order.
 
-    trec_eval re-sorts a run by score (ties by docid), so a row keeps its own scores only when they are finite
-    and strictly decreasing over its items; other rows get ``K - rank + 1``.
+    trec_eval re-sorts a run by score rounded to float32 (ties by docid), so a row keeps its own scores only
+    when they are finite and strictly decreasing in float32 over its items; other rows get ``K - rank + 1``.
     """
+    from offline_eval.trec import trec_score_key
+
     b, k = ranked.shape
     valid = ranked >= 0
-    s = np.where(valid, scores, -np.inf)
-    finite = np.all(np.isfinite(scores) | ~valid, axis=1)
+    key = trec_score_key(np.where(valid, scores, 0.0))
+    s = np.where(valid, key, -np.inf)
+    finite = np.all(np.isfinite(key) | ~valid, axis=1)
     decreasing = np.all((s[:, 1:] < s[:, :-1]) | ~valid[:, 1:], axis=1)
     rank = np.broadcast_to(np.arange(1, k + 1), (b, k))
     return np.where((finite & decreasing)[:, None], scores, (k - rank + 1).astype(np.float64))

@@ -10,7 +10,10 @@ Formats (whitespace-separated, one judgement / one retrieved document per line; 
 Conventions of ``trec_eval`` (verified against ``pytrec_eval`` in ``tests/test_trec.py``):
 
 - Order within a query: score descending; ties broken by document id compared as a string, descending
-  (``strcmp`` order; ``"d9"`` ranks above ``"d10"``). The ``rank`` column is ignored.
+  (``strcmp`` order; ``"d9"`` ranks above ``"d10"``). The ``rank`` column is ignored. ``trec_eval`` holds
+  scores as single-precision ``float``: two scores that round to the same float32 are tied (0.5 and
+  0.5 + 1e-12 are, and the document id decides), so the order compares ``float32(score)``, not the float64
+  read from the file (:func:`trec_score_key`).
 - Evaluated queries: those in the run that have at least one judgement in the qrels (a query whose
   judgements are all non-relevant is evaluated and scores 0). Run queries without judgements and judged
   queries absent from the run are left out of the per-query values and of the means (``trec_eval`` without
@@ -127,8 +130,8 @@ def write_run(
         ranked_doc_ids: ``(B, K)`` document ids in rank order; ``None``, ``""`` or a negative integer marks
             padding (fewer than K documents) and is skipped.
         scores: ``(B, K)`` scores, non-increasing along each row. Scores are written with full precision
-            (``repr``). Note that ``trec_eval`` re-sorts by score and breaks ties by document id, so give
-            distinct scores if the order of tied documents matters.
+            (``repr``). Note that ``trec_eval`` re-sorts by float32 score and breaks ties by document id, so
+            give scores distinct in float32 if the order of tied documents matters.
         tag: run name (no whitespace).
     """
     _check_id(tag, "run tag")
@@ -164,9 +167,16 @@ def _check_id(value: str, what: str) -> None:
         raise ValueError(f"{what} {value!r} must be a non-empty string without whitespace")
 
 
+def trec_score_key(scores: np.ndarray) -> np.ndarray:
+    """The scores as ``trec_eval`` compares them: rounded to float32 (nearest; beyond its range: +-inf)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(scores, dtype=np.float64).astype(np.float32)
+
+
 def rank_order(docs: Mapping[str, float]) -> list[str]:
-    """One query's documents in ``trec_eval`` order: score descending, then document id descending."""
-    return [d for d, _ in sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+    """One query's documents in ``trec_eval`` order: float32 score descending, then document id descending."""
+    keys = trec_score_key(np.fromiter(docs.values(), dtype=np.float64, count=len(docs)))
+    return [d for d, _ in sorted(zip(docs, keys.tolist()), key=lambda kv: (kv[1], kv[0]), reverse=True)]
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,7 @@ def to_arrays(qrels: Qrels, run: Run, depth: int | None = None) -> EvalArrays:
     """Convert parsed qrels and run to ``compute`` inputs, with ``trec_eval``'s ordering and query set.
 
     Document indices follow the sorted order of the document id strings, so one ``np.lexsort`` over
-    (query, -score, -index) gives every query's ``trec_eval`` order at once.
+    (query, -float32(score), -index) gives every query's ``trec_eval`` order at once.
 
     Args:
         depth: keep only the top ``depth`` documents of each query (after ordering); ``None`` keeps all.
@@ -225,8 +235,8 @@ def to_arrays(qrels: Qrels, run: Run, depth: int | None = None) -> EvalArrays:
     run_codes, rel_codes = codes[: len(run_docs)], codes[len(run_docs) :]
 
     run_rows = np.repeat(np.arange(B, dtype=np.int64), run_counts)
-    # lexsort: last key is primary -> query, then score desc, then doc id desc (codes follow string order)
-    order = np.lexsort((-run_codes, -run_scores, run_rows))
+    # lexsort: last key is primary -> query, then float32 score desc, then doc id desc (codes: string order)
+    order = np.lexsort((-run_codes, -trec_score_key(run_scores), run_rows))
     K = int(run_counts.max()) if B else 0
     if depth is not None:
         K = min(K, depth)

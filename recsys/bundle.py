@@ -178,6 +178,45 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(path=vdir, manifest=manifest)
 
 
+def check_trained_on(bundle: Bundle, split: Any, data_dir: str | Path) -> None:
+    """Refuse to use ``bundle`` on another split or another dataset than the ones it was trained on.
+
+    On other windows the evaluated (test) rows can be rows the stages trained on. ``split`` (a
+    :class:`~recsys.configlib.SplitConfig`) must equal the manifest's ``config.split`` (keys an older manifest
+    lacks take their defaults), and the fingerprint of the dataset folder ``data_dir``
+    (:func:`data_fingerprint`) must equal the manifest's ``data.sha256``. A refusal is an error, not a warning:
+    nothing evaluated across a split change can be trusted, and the user's fix is cheap (use the bundle's own
+    config, or the dataset folder it was trained on). A bundle trained from an in-memory dataset records no
+    fingerprint: that check is skipped with a warning.
+
+    Raises BundleError naming the differing split keys or dataset files.
+    """
+    from recsys.configlib import ConfigError, SplitConfig, from_dict, to_dict
+
+    try:
+        trained = to_dict(from_dict(SplitConfig, bundle.manifest["config"]["split"], "split"))
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise BundleError(f"{bundle.path / MANIFEST}: no readable config.split ({exc})") from None
+    given = to_dict(split)
+    diff = [f"split.{k}: {json.dumps(given.get(k))} here, {json.dumps(trained.get(k))} in the bundle"
+            for k in sorted(set(trained) | set(given))
+            if json.dumps(trained.get(k)) != json.dumps(given.get(k))]  # json: window order counts
+    if diff:
+        raise BundleError(f"{bundle.path}: trained on another split ({'; '.join(diff)}); use the bundle's own "
+                          "split, or its test rows may be training rows")
+    want = (bundle.manifest.get("data") or {}).get("sha256")
+    if want is None:
+        logger.warning("%s records no dataset fingerprint; cannot check that %s is the data it was trained on",
+                       bundle.path, data_dir)
+        return
+    have = data_fingerprint(data_dir)
+    if have["sha256"] != want:
+        theirs = bundle.manifest["data"].get("files", {})
+        files = sorted(n for n in set(theirs) | set(have["files"]) if theirs.get(n) != have["files"].get(n))
+        raise BundleError(f"{bundle.path}: trained on another dataset than {data_dir} (differing files: "
+                          f"{', '.join(files) or 'none listed'}); use the dataset folder it was trained on")
+
+
 def _environment() -> dict:
     import numpy
     import pandas

@@ -55,8 +55,10 @@ class SplitConfig:
     ``train`` (retrieval) -> ``prerank`` (pre-ranker) -> ``rank`` (heavy ranker) -> ``test``.
     ``cutoffs`` (optional, temporal only) gives explicit timestamps instead of fractions: len(windows) - 1
     increasing Unix seconds. ``leave_last_n`` puts each user's last ``n`` events in the last window, the ``n``
-    before in the one before, and the rest in the first window. ``kcore`` > 0 keeps only users and items with
-    at least that many interactions (iterated to a fixed point) before splitting.
+    before in the one before, and the rest in the first window; a user's events that share a timestamp are
+    ordered by a hash of (user, item) keyed by ``tie_seed`` (never by file order or item id), so a tie group
+    that straddles a window boundary is cut at random but reproducibly. ``kcore`` > 0 keeps only users and
+    items with at least that many interactions (iterated to a fixed point) before splitting.
 
     ``validation: true`` is the validation protocol: the interactions before the test window are split again
     the same way, so the last window of that split (the one just before the test window) plays the test
@@ -73,6 +75,7 @@ class SplitConfig:
     n: int = 1
     kcore: int = 0
     validation: bool = False
+    tie_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.validation and self.cutoffs:

@@ -73,6 +73,12 @@ SOURCES = ("ann", "popularity", "graph")  # candidate sources with a 0/1 column 
 #: features that carry an upstream *scoring stage*'s output: a stage must not use its own (the pre-ranker's
 #: default features leave these out; the heavy ranker's include them)
 STAGE_SCORE_FEATURES = ("prerank_score",)
+#: features whose value depends on the retrieval having returned the item: which source did (``src_*``, exactly
+#: one of them 1 at serving), how many did (``n_sources`` >= 1), and the ANN score and rank, which serving has
+#: only for the ANN source's own list (NaN for any other item). An item no source returned (an impression
+#: appended as a training negative) would get values for them that never occur at serving: all ``src_*`` 0,
+#: an ANN score below the ANN list's cut; a model learns "no source flag => negative" from them.
+CANDIDATE_SOURCE_FEATURES = ("ann_score", "ann_rank", *(f"src_{s}" for s in SOURCES), "n_sources")
 FAMILIES = ("ctx.", "user.", "item.")
 
 
@@ -815,6 +821,7 @@ def assemble(
 
 
 __all__ = [
-    "ColumnEncoding", "Feature", "FeatureConfig", "FeatureContext", "FeatureInputs", "FeatureKind", "REGISTRY",
-    "STAGE_SCORE_FEATURES", "assemble", "available_features", "describe", "feature_kinds", "resolve",
+    "CANDIDATE_SOURCE_FEATURES", "ColumnEncoding", "Feature", "FeatureConfig", "FeatureContext", "FeatureInputs",
+    "FeatureKind", "REGISTRY", "STAGE_SCORE_FEATURES", "assemble", "available_features", "describe", "feature_kinds",
+    "resolve",
 ]

@@ -105,3 +105,61 @@ def test_cli_feature_selection_on_tiny_world(tmp_path):
     assert set(res["keep"]) | set(res["drop_candidates"]) == {r["feature"] for r in res["features"] if not r["random"]}
     assert (tmp_path / "fs" / "report.md").is_file() and (tmp_path / "fs" / "importance.png").is_file()
     assert main(args) == 2  # the output exists: refused without --overwrite
+
+
+def _tiny_bundle(tmp_path, name: str, refit: bool, sets: list[str]):
+    """A bundle holding a catalogue and a two-tower, trained as recsys.training does: on the first window, or
+    (``retrieval.refit``) again on every window before the test window."""
+    from recsys.bundle import data_fingerprint, write_bundle
+    from recsys.config import load_config, to_dict
+    from recsys.data.catalog import Catalog
+    from recsys.data.schema import read_dataset
+    from recsys.data.split import split_dataset
+    from recsys.retrieval.stage import RetrievalStage
+    from recsys.stages.base import FitContext
+    from recsys.training import save_catalog, stage_windows
+
+    cfg = load_config(None, sets + [f"retrieval.refit={str(refit).lower()}"])
+    ds = read_dataset(tmp_path / "tiny")
+    split = split_dataset(ds, cfg.split)
+    w = stage_windows(split)
+    history = split.before(w["test"]) if refit else split[w["retrieval"]]
+    catalog = Catalog.from_dataset(ds, train=history)
+    retrieval = RetrievalStage(cfg.retrieval).fit(FitContext(
+        ds, catalog, split, w["retrieval"], history.iloc[:0], train=history,
+        valid=None if refit else split[w["retrieval_valid"]]))
+    metrics = {"retrieval": {"refit": {"users": catalog.n_users}} if refit else {}}
+    writers = {"catalog": lambda d: save_catalog(catalog, d), "retrieval": retrieval.save}
+    data = {**data_fingerprint(tmp_path / "tiny"), "windows": w}
+    stages = [{"name": "retrieval", "type": "retrieval", "k": cfg.engine.retrieve_k, "folder": "retrieval"}]
+    return write_bundle(tmp_path / name, writers, config=to_dict(cfg), data=data, metrics=metrics,
+                        extra={"funnel": stages, "systems": {"engine": {"stages": stages}}})
+
+
+def test_cli_feature_selection_rows_come_after_the_bundles_two_tower(tmp_path, capsys):
+    """With --bundle, the pre-ranker's rows (and the ann_score / ann_rank features in them) must come from a
+    window the bundle's two-tower never trained on: a two-tower refit on the pre-ranker's window is refused
+    (it used to be accepted, and scored rows whose labels it had learnt), one trained on the first window is
+    used and recorded."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from recsys.cli import main
+    from recsys.data.synthetic import synthesize
+
+    synthesize("tiny", 0, tmp_path / "tiny")
+    sets = ["prerank.num_threads=1", "engine.funnel=[{stage: retrieval, k: 50}, {stage: prerank, k: 20}]",
+            "prerank.n_estimators=30",
+            "retrieval.two_tower.max_epochs=2", "retrieval.two_tower.threads=1", "retrieval.index_factory=Flat"]
+    base = ["-q", "experiment", "feature-selection", "--data", str(tmp_path / "tiny"), "--seeds", "1"]
+    _tiny_bundle(tmp_path, "refit", True, sets)
+    assert main(base + ["--bundle", str(tmp_path / "refit"), "--out", str(tmp_path / "fs_refit")]) == 2
+    err = capsys.readouterr().err
+    assert "['train', 'prerank', 'rank']" in err and "'prerank'" in err and "retrieval.refit=false" in err
+    assert not (tmp_path / "fs_refit").exists()
+
+    _tiny_bundle(tmp_path, "first", False, sets)
+    assert main(base + ["--bundle", str(tmp_path / "first"), "--out", str(tmp_path / "fs")]) == 0
+    res = json.loads((tmp_path / "fs" / "results.json").read_text())
+    names = ["train", "prerank", "rank", "test"]
+    assert res["rows_window"] == "prerank" and res["retrieval_trained_on"] == ["train"]
+    assert all(names.index(w) < names.index(res["rows_window"]) for w in res["retrieval_trained_on"])

@@ -3,6 +3,7 @@ model with mismatched feature names, determinism, and the stage in the engine on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from fitting import fit_context, upstream
 
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, col, make_schema, validate
-from recsys.features import FeatureContext
+from recsys.features import CANDIDATE_SOURCE_FEATURES, FeatureContext
 from recsys.prerank.stage import PrerankConfig, PrerankStage, build_ranking_data, group_ndcg
 from recsys.retrieval.sources import Candidates
 
@@ -104,7 +105,7 @@ def test_prerank_beats_retrieval_order_on_planted_signal(planted):
     m = stage.valid_metrics
     assert m["valid_users"] >= 30 and m["train_users"] >= 80
     assert m["ndcg@10"] > m["ndcg@10_input_order"] + 0.25, m
-    assert m["impression_negatives"] > 0
+    assert m["impression_negatives"] == 0  # by default the rows are the retrieval's candidates only
     # the improvement comes from a feature the retrieval score ignores: ANN features alone cannot beat it
     only_ann = PrerankStage(PrerankConfig(**{**CFG.__dict__, "features": ("ann_score", "ann_rank")})).fit(
         fit_context(ds, catalog, window, past, retrieval, ctx))
@@ -181,7 +182,9 @@ def test_fit_is_deterministic(planted):
 
 def test_ranking_data_labels_and_extras(planted):
     ds, catalog, ctx, retrieval, stage, past, window, req, cands = planted
-    data = build_ranking_data(ds, catalog, retrieval, ctx, window, past, CFG)
+    data = build_ranking_data(ds, catalog, retrieval, ctx, window, past,
+                              PrerankConfig(**{**CFG.__dict__, "include_impressions": True}))
+    assert data.extra.any() and not set(data.names) & set(CANDIDATE_SOURCE_FEATURES)
     off = data.offsets
     pos = positives(window, "click")
     for g in range(0, len(data.group), 25):
@@ -190,7 +193,6 @@ def test_ranking_data_labels_and_extras(planted):
         clicked = set(catalog.items.encode(pos[pos["user_id"] == data.user_ids[g]]["item_id"].to_numpy()))
         extra = data.extra[rows]
         assert data.y[rows][extra].max(initial=0) == 0, "impression extras are negatives"
-        assert np.isnan(data.X[rows][extra, data.names.index("ann_score")]).all()  # no user/item vectors here
         assert (data.position[rows][~extra] < K).all()  # the served pool, no more
         assert len(clicked) >= int((data.y[rows] > 0).sum())
     with pytest.raises(ValueError, match="gains"):
@@ -248,7 +250,6 @@ def test_in_engine_on_synthetic_world(synthetic_engine):
 
     ds, split, catalog, retrieval, stage, pcfg = synthetic_engine
     assert stage.valid_metrics["label_gain"] == [0.0, 1.0, 2.0]  # click, click + like
-    assert stage.valid_metrics["impression_negatives"] > 0
     test = split["test"].drop_duplicates("user_id").iloc[:30]
     context = {c: test[c].to_numpy() for c in ds.schema.context_columns}
     req = catalog.requests(test["user_id"].to_numpy(), test["timestamp"].to_numpy(),
@@ -272,11 +273,54 @@ def test_in_engine_on_synthetic_world(synthetic_engine):
                                                stage.feature_names)[0], x[b])
 
 
-def test_impression_negatives_get_the_two_tower_score(synthetic_engine):
+def test_appended_impressions_get_the_two_tower_score(synthetic_engine):
+    """_append_extras (also the heavy ranker's, examples: both) scores appended items with the two-tower."""
+    from recsys.prerank.stage import _append_extras
+    from recsys.types import Ragged
+
+    _, split, catalog, retrieval, _, _ = synthetic_engine
+    first = split["prerank"].drop_duplicates("user_id").iloc[:20]
+    req = catalog.requests(first["user_id"].to_numpy(), first["timestamp"].to_numpy(),
+                           positives(split.before("prerank"), "click"))
+    cands = retrieval.retrieve(req, 20)
+    extra = [np.setdiff1d(np.arange(catalog.n_items), cands.items[b])[:3] for b in range(len(req))]
+    out = _append_extras(cands, Ragged(np.r_[0, np.cumsum([len(e) for e in extra])], np.concatenate(extra)),
+                         req, retrieval)
+    assert out.names[-1] == "impression" and (out.source[:, 20:] == len(out.names) - 1).all()
+    warm = ~np.asarray(retrieval.is_cold(req), bool)
+    assert warm.any() and np.isfinite(out.scores["ann"][warm, 20:]).all()
+
+
+def serving_impossible_rows(data) -> int:
+    """Rows whose source features no served candidate can have: a served candidate comes from exactly one
+    source (one ``src_*`` is 1), at least one source scored it (``n_sources`` >= 1), and it has an ANN rank
+    exactly when it has an ANN score."""
+    col = {n: data.X[:, j] for j, n in enumerate(data.names)}
+    bad = np.zeros(len(data.y), bool)
+    flags = [col[f"src_{s}"] for s in ("ann", "popularity", "graph") if f"src_{s}" in col]
+    if flags:
+        bad |= np.sum(flags, axis=0) != 1
+    if "n_sources" in col:
+        bad |= ~(col["n_sources"] >= 1)
+    if "ann_score" in col and "ann_rank" in col:
+        bad |= np.isnan(col["ann_score"]) != np.isnan(col["ann_rank"])
+    return int(bad.sum())
+
+
+def test_no_training_row_has_a_source_pattern_serving_never_shows(synthetic_engine):
+    """Appended impression negatives used to carry all-zero src_* columns (and n_sources from their two-tower
+    score alone), a pattern no served candidate has: "no source flag => negative" was a free shortcut."""
     ds, split, catalog, retrieval, stage, pcfg = synthetic_engine
-    data = build_ranking_data(ds, catalog, upstream(retrieval, 50, catalog=catalog), stage.ctx, split["prerank"],
-                              split.before("prerank"), pcfg)
-    j = data.names.index("ann_score")
-    assert data.extra.any()
-    warm = np.repeat(catalog.users.encode(data.user_ids) < catalog.users.oov, data.group)
-    assert np.isfinite(data.X[data.extra & warm, j]).all()
+
+    def build(cfg):
+        return build_ranking_data(ds, catalog, upstream(retrieval, 50, catalog=catalog), stage.ctx, split["prerank"],
+                                  split.before("prerank"), cfg)
+
+    data = build(pcfg)  # the defaults: every feature, the source ones included
+    assert {"src_ann", "src_popularity", "n_sources", "ann_rank"} <= set(data.names)
+    assert serving_impossible_rows(data) == 0 and not data.extra.any()
+    with_imp = build(dataclasses.replace(pcfg, include_impressions=True))  # impressions: no source features
+    assert with_imp.extra.sum() > 100 and not set(with_imp.names) & set(CANDIDATE_SOURCE_FEATURES)
+    assert len(with_imp.names) == len(data.names) - len(CANDIDATE_SOURCE_FEATURES)
+    with pytest.raises(ValueError, match=r"prerank\.include_impressions: features \['ann_score', 'src_ann'\]"):
+        build(dataclasses.replace(pcfg, include_impressions=True, features=("ann_score", "src_ann", "ppr")))

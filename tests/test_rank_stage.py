@@ -634,11 +634,11 @@ def test_beats_the_prerank_and_retrieval_order_on_the_test_window(synthetic, tmp
     assert y.sum() >= 50
     auc_rank, auc_pre, auc_ann = score_auc(y, q[sel, 0]), score_auc(y, pre), score_auc(y, ann)
     e_rank, e_pre, e_ann = expected_auc(q[sel, 0], truth), expected_auc(pre, truth), expected_auc(ann, truth)
-    # the pre-ranker trained on the pool it is served (retrieval@100) is much closer than when it trained on a
-    # hand-sized pool of 50 (expected AUC against the truth 0.58 against 0.49): the heavy ranker's margin over
-    # it is smaller than it was (0.03, was 0.13) but still there
+    # the pre-ranker trained on the pool it is served (retrieval@100, was a hand-sized 50) and without the
+    # impressions' no-source shortcut is much closer to the heavy ranker than it was: expected AUC against the
+    # true probabilities 0.574 (was 0.495) against the heavy ranker's 0.622, logged AUC within 0.01-0.03
     assert auc_rank > auc_pre + 0.01 and auc_rank > auc_ann + 0.1, (auc_rank, auc_pre, auc_ann)
-    assert e_rank > e_pre + 0.02 and e_rank > e_ann + 0.1, (e_rank, e_pre, e_ann)
+    assert e_rank > e_pre + 0.03 and e_rank > e_ann + 0.1, (e_rank, e_pre, e_ann)
     # the calibration report on the same rows
     cal = heavy_ranker_calibration(stage, ds, catalog, up(retrieval, prerank, 50, 100), None, split["test"], before)
     assert cal["click"]["n"] == len(sel) and cal["click"]["auc"] == pytest.approx(auc_rank)

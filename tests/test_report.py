@@ -157,6 +157,22 @@ def test_run_scores_keep_the_system_order_for_trec_eval():
     np.testing.assert_array_equal(out[2], [3.0, 2.0, 1.0])  # NaN at a real item: rank-derived
 
 
+def test_run_scores_survive_trec_eval_float32_rounding(tmp_path):
+    """Scores strictly decreasing in float64 but equal in float32 (trec_eval reads floats) would let trec_eval
+    reorder the items by document id: such a row gets rank-derived scores, and trec_eval sees the system's order."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    from offline_eval import trec
+
+    ranked = np.array([[1, 2], [1, 2]])  # doc "i1" then "i2"; "i2" > "i1" as strings
+    scores = np.array([[0.5 + 1e-12, 0.5], [0.75, 0.5]])
+    out = run_scores(ranked, scores)
+    np.testing.assert_array_equal(out[1], scores[1])
+    trec.write_run(tmp_path / "r", ["q0", "q1"], np.array([["i1", "i2"]] * 2, dtype=object), out)
+    rr = pytrec_eval.RelevanceEvaluator({"q0": {"i1": 1}, "q1": {"i1": 1}}, {"recip_rank"}).evaluate(
+        trec.read_run(tmp_path / "r"))
+    assert rr["q0"]["recip_rank"] == rr["q1"]["recip_rank"] == 1.0  # i1 stays first
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the command
 

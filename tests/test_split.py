@@ -11,7 +11,7 @@ import pytest
 
 from recsys.configlib import SplitBasis, SplitConfig, SplitMethod
 from recsys.data.schema import Dataset, col, make_schema, read_dataset, validate
-from recsys.data.split import kcore_filter, split_dataset, temporal_cutoffs, write_split
+from recsys.data.split import kcore_filter, split_dataset, temporal_cutoffs, tie_keys, write_split
 
 WINDOWS = {"train": 0.7, "prerank": 0.1, "rank": 0.1, "test": 0.1}
 
@@ -99,10 +99,11 @@ def test_explicit_cutoffs() -> None:
 
 
 def leave_last_n_reference(inter: pd.DataFrame, n: int, nw: int) -> np.ndarray:
-    """Slow reference: per user, sort by (time, row), count back from the end."""
+    """Slow reference: per user, sort by (time, tie keys), count back from the end."""
     win = np.zeros(len(inter), dtype=int)
-    for _, g in inter.assign(pos=np.arange(len(inter))).groupby("user_id"):
-        g = g.sort_values(["timestamp", "pos"], kind="stable")
+    primary, secondary = tie_keys(inter, "user_id", "item_id", 0)
+    for _, g in inter.assign(pos=np.arange(len(inter)), k1=primary, k2=secondary).groupby("user_id"):
+        g = g.sort_values(["timestamp", "k1", "k2"], kind="stable")
         for r, pos in enumerate(reversed(g["pos"].tolist())):
             win[pos] = nw - 1 - r // n if r < n * (nw - 1) else 0
     return win
@@ -121,8 +122,9 @@ def test_leave_last_n(n: int) -> None:
     test = split["test"]
     # each user's last n events are in the last window
     for user, g in ds.interactions.groupby("user_id"):
-        last = g.sort_values("timestamp", kind="stable").tail(n)["rid"]
-        assert set(last) <= set(test["rid"])
+        nth_latest = g["timestamp"].nlargest(n).min()  # ties at this second may go either way
+        assert (test.loc[test["user_id"] == user, "timestamp"] >= nth_latest).all()
+        assert set(g.loc[g["timestamp"] > nth_latest, "rid"]) <= set(test["rid"])
         assert (test["user_id"] == user).sum() == min(n, len(g))
     assert split.stats()["leak_free"] is False
 
@@ -134,6 +136,52 @@ def test_leave_last_n_hand_example() -> None:
     assert split["test"]["item_id"].tolist() == [3, 5]  # windows are in time order
     assert split["valid"]["item_id"].tolist() == [4, 2]
     assert split["train"]["item_id"].tolist() == [1]
+
+
+def window_of_rid(split) -> dict[int, str]:
+    return {int(r): name for name, w in split.windows.items() for r in w["rid"]}
+
+
+def test_leave_last_n_ignores_row_order() -> None:
+    """The same log in another row order gives the same windows (ties in time are not decided by file order;
+    the log has many same-second ties and repeated (user, item, timestamp) rows)."""
+    rng = np.random.default_rng(4)  # 40 users x ~15 events over 10 seconds: ties at nearly every cut
+    ds = make_ds(pd.DataFrame({"user_id": rng.integers(0, 40, 600), "item_id": rng.integers(0, 60, 600),
+                               "timestamp": rng.integers(0, 10, 600).astype(np.int64)}))
+    inter = ds.interactions
+    dup = inter.iloc[:40].assign(rid=np.arange(len(inter), len(inter) + 40))  # same (user, item, t), other rid
+    ds = validate(Dataset(schema=ds.schema, interactions=pd.concat([inter, dup], ignore_index=True)))
+    cfg = SplitConfig(method=SplitMethod.LEAVE_LAST_N, windows=WINDOWS, n=2)
+    want = window_of_rid(split_dataset(ds, cfg))
+    for seed in (1, 2):
+        shuffled = ds.interactions.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        again = validate(Dataset(schema=ds.schema, interactions=shuffled))
+        assert window_of_rid(split_dataset(again, cfg)) == want
+
+
+def test_leave_last_n_tie_at_the_cut_is_not_biased_to_high_ids() -> None:
+    """Each user's 5 latest events share one second and the cut (n=2) falls inside that group; rows are in
+    item-id order, as in MovieLens' file. The test window must get a pseudo-random 2 of the 5, not the 2
+    highest ids (file order) nor the 2 lowest."""
+    rng = np.random.default_rng(0)
+    users, group = 500, 5
+    items = np.sort(rng.choice(10_000, size=(users, group), replace=False), axis=1)  # sorted: file order = id order
+    inter = pd.DataFrame({
+        "user_id": np.repeat(np.arange(users), group + 1),
+        "item_id": np.column_stack([np.full(users, 10_001), items]).ravel(),
+        "timestamp": np.tile(np.r_[1, np.full(group, 2)], users).astype(np.int64),
+    })
+    windows = {"train": 0.5, "test": 0.5}
+    test = split_dataset(make_ds(inter), SplitConfig(method=SplitMethod.LEAVE_LAST_N, windows=windows, n=2))["test"]
+    assert len(test) == 2 * users and (test["timestamp"] == 2).all()
+    rank = {(u, it): r for u in range(users) for r, it in enumerate(items[u])}  # 0 = lowest id of the group
+    ranks = np.array([rank[(u, it)] for u, it in zip(test["user_id"], test["item_id"])])
+    assert abs(ranks.mean() - (group - 1) / 2) < 0.15  # uniform over 0..4: mean 2 (file order: 3.5)
+    per_user = pd.Series(ranks, index=test["user_id"].to_numpy()).groupby(level=0).min()
+    assert (per_user == group - 2).mean() < 0.2  # "the 2 highest ids" happens for 1 user in 10, not all
+    other = split_dataset(make_ds(inter), SplitConfig(method=SplitMethod.LEAVE_LAST_N, windows=windows, n=2,
+                                                      tie_seed=1))["test"]
+    assert set(zip(other["user_id"], other["item_id"])) != set(zip(test["user_id"], test["item_id"]))
 
 
 def kcore_reference(df: pd.DataFrame, k: int) -> set[int]:

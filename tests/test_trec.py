@@ -10,6 +10,7 @@ import pytest
 
 from offline_eval import metrics as M
 from offline_eval import trec
+from recsys.commands.metrics import evaluate_files
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
@@ -214,6 +215,42 @@ def test_cli_matches_pytrec_eval(tmp_path, cli_main, capsys):
         for q, v in theirs.items():
             assert abs(doc["per_query"][q][name] - v) <= 1e-9, (name, q)
         assert abs(doc["metrics"][name] - np.mean(list(theirs.values()))) <= 1e-9, name
+
+
+def test_every_metric_follows_trec_eval_on_float32_ties(tmp_path):
+    """trec_eval stores scores as float32: scores distinct in float64 but equal in float32 are tied and ordered
+    by document id. Runs full of such near-ties (and exact ties, at several magnitudes, with numeric ids),
+    scored by `recsys metrics` and by pytrec_eval on the very file contents; mrr@10 is checked without
+    re-implementing the order: RR@10 = RR when the first relevant document is within the top 10, else 0."""
+    rng = np.random.default_rng(5)
+    qrels, run, r_lines, q_lines = {}, {}, [], []
+    for i in range(400):
+        qid = f"u{i}"
+        docs = [str(d) for d in rng.choice(3000, size=40, replace=False)]
+        qrels[qid] = {d: int(rng.integers(1, 3)) for d in rng.choice(docs, size=rng.integers(1, 6), replace=False)}
+        scale = 10.0 ** rng.integers(-3, 4)
+        base = scale * rng.integers(0, 5, size=len(docs)).astype(np.float64)
+        # relative nudges below float32's resolution (2**-24 ~ 6e-8): tied for trec_eval, ordered in float64
+        nudge = base * rng.choice([0.0, 1e-12, -3e-10, 2e-9], size=len(docs))
+        run[qid] = {d: float(b + e) for d, b, e in zip(docs, base, nudge)}
+        r_lines += [f"{qid} Q0 {d} {r} {v!r} t" for r, (d, v) in enumerate(run[qid].items(), start=1)]
+        q_lines += [f"{qid} 0 {d} {rel}" for d, rel in qrels[qid].items()]
+    qp = _write(tmp_path / "q", "\n".join(q_lines) + "\n")
+    rp = _write(tmp_path / "r", "\n".join(r_lines) + "\n")
+    assert trec.read_run(rp) == run
+    names = ["ndcg@10", "mrr@10", "mrr@40", "map@100", "precision@5", "recall@20"]
+    doc = evaluate_files(str(qp), str(rp), names, per_query=True)
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recip_rank", "map_cut.100", "P.5",
+                                                 "recall.20"}).evaluate(run)
+    want = {"ndcg@10": "ndcg_cut_10", "mrr@40": "recip_rank", "map@100": "map_cut_100", "precision@5": "P_5",
+            "recall@20": "recall_20"}
+    for q in run:
+        got = doc["per_query"][q]
+        for name, theirs in want.items():
+            assert got[name] == pytest.approx(ref[q][theirs], abs=1e-12), (name, q)
+        rr = ref[q]["recip_rank"]
+        assert got["mrr@10"] == pytest.approx(rr if rr >= 0.1 - 1e-12 else 0.0, abs=1e-12), q
+    assert trec.rank_order({"a": 0.5, "b": 0.5 + 1e-12, "c": 0.5 + 1e-6}) == ["c", "b", "a"]
 
 
 def test_cli_stdout_and_errors(tmp_path, cli_main, capsys):

@@ -5,7 +5,8 @@
 
 Writes the report folder (``metrics.json``, ``report.md``, plots; TREC files with ``--export-run``; see
 :mod:`offline_eval.report`) and prints the systems x headline metrics table. The oracle is added automatically
-when the dataset has ground truth (a synthetic world).
+when the dataset has ground truth (a synthetic world). With ``--bundle``, the split (of ``--config`` or
+``--set``) and the dataset must be the ones the bundle was trained on (:func:`recsys.bundle.check_trained_on`).
 
 More systems (e.g. the engine from a bundle) are added in :func:`build_systems`: one entry per system.
 """
@@ -97,14 +98,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.data.schema import read_dataset
 
     check_output(args.out, args.overwrite)  # before any work
-    if args.bundle is not None and args.config is None:
-        # the bundle's own resolved config: the same split windows the stages were trained on
+    bundle = None
+    if args.bundle is not None:
         from recsys.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle)
+    if bundle is not None and args.config is None:
+        # the bundle's own resolved config: the same split windows the stages were trained on
         from recsys.config import Config, apply_overrides, from_dict
 
-        cfg = from_dict(Config, apply_overrides(load_bundle(args.bundle).manifest["config"], args.overrides))
+        cfg = from_dict(Config, apply_overrides(bundle.manifest["config"], args.overrides))
     else:
         cfg = load_config(args.config, args.overrides)
+    if bundle is not None:
+        from recsys.bundle import check_trained_on
+
+        check_trained_on(bundle, cfg.split, args.data)  # a config's or --set's split must be the bundle's
     backend = args.backend or ("ray" if args.ray_address else cfg.eval.backend.value)
     ray_cfg = cfg.ray
     if args.ray_address:

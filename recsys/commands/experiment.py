@@ -11,8 +11,11 @@ seeds and its difference to the engine paired over users and seeds (:mod:`recsys
 ``feature-selection`` runs random-bar feature selection for the pre-ranker
 (:mod:`recsys.experiments.feature_selection`) on the pre-ranker's window and writes ``report.md``,
 ``importance.png`` and ``results.json``. It needs a retrieval stage for the candidates: the one of
-``--bundle`` (its manifest's config is then the default config, so the windows match the ones the bundle was
-trained on), or one trained here on the retrieval window (``retrieval`` section of the config).
+``--bundle`` (its manifest's config is then the default config; a split or dataset other than the bundle's is
+refused), or one trained here on the retrieval window (``retrieval`` section of the config). The rows are
+time-consistent: the two-tower that retrieves their candidates and scores them was trained only on earlier
+windows, so a bundle whose two-tower was refit on the pre-ranker's window (``retrieval.refit``) is refused.
+``results.json`` records ``retrieval_trained_on`` and ``rows_window``.
 """
 
 from __future__ import annotations
@@ -71,13 +74,11 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_config(args: argparse.Namespace):
+def _load_config(args: argparse.Namespace, bundle):
     from recsys.config import Config, ConfigError, apply_overrides, from_dict, load_config
 
-    if args.bundle is not None and args.config is None:
-        from recsys.bundle import load_bundle
-
-        raw = apply_overrides(load_bundle(args.bundle).manifest["config"], args.overrides)
+    if bundle is not None and args.config is None:
+        raw = apply_overrides(bundle.manifest["config"], args.overrides)
         try:
             return from_dict(Config, raw)
         except ConfigError as exc:
@@ -99,7 +100,8 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
     from recsys.data.catalog import Catalog
     from recsys.data.schema import read_dataset
     from recsys.data.split import split_dataset
-    from recsys.experiments.feature_selection import random_bar, write_report
+    from recsys.experiments.feature_selection import bundle_retrieval_windows, check_rows_after, random_bar
+    from recsys.experiments.feature_selection import write_report
     from recsys.features import FeatureContext
     from recsys.io import OutputExistsError
     from recsys.prerank.stage import PrerankConfig, build_ranking_data
@@ -109,12 +111,22 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds: must be >= 1, got {args.seeds}")
     if args.out.exists() and not args.overwrite:  # before any work
         raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
-    cfg = _load_config(args)
+    bundle = None
+    if args.bundle is not None:
+        from recsys.bundle import check_trained_on, load_bundle
+
+        bundle = load_bundle(args.bundle)
+    cfg = _load_config(args, bundle)
+    if bundle is not None:
+        check_trained_on(bundle, cfg.split, args.data)
     pcfg = _section(cfg, "prerank", PrerankConfig)
     ds = read_dataset(args.data)
     split = split_dataset(ds, cfg.split)
     windows = stage_windows(split)
-    if args.bundle is not None:
+    trained_on = [windows["retrieval"]]
+    if bundle is not None:
+        trained_on = bundle_retrieval_windows(bundle.manifest, split.names, windows)
+        check_rows_after(split.names, trained_on, windows["prerank"], str(args.bundle))
         from recsys.training import load_engine
 
         engine = load_engine(args.bundle)
@@ -137,7 +149,8 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
     data = build_ranking_data(ds, catalog, upstream, ctx, split[windows["prerank"]],
                               split.before(windows["prerank"]), pcfg)
     res = random_bar(data, pcfg, seeds=list(range(args.seeds)))
-    extra = {"windows": windows, "prerank": to_dict(pcfg), "groups": int(len(data.group)), "rows": int(len(data.y)),
+    extra = {"windows": windows, "retrieval_trained_on": trained_on, "rows_window": windows["prerank"],
+             "prerank": to_dict(pcfg), "groups": int(len(data.group)), "rows": int(len(data.y)),
              "data": str(args.data), "bundle": None if args.bundle is None else str(args.bundle)}
     write_report(res, args.out, overwrite=args.overwrite, extra=extra)
     print(json.dumps({"out": str(args.out), "bar": res.bar, "keep": res.keep, "drop_candidates": res.drop},

@@ -7,8 +7,9 @@ Prints (or writes) JSON: ``{"metrics": {name: mean}, "n_queries": B, "per_query"
 ``n_qrels_queries_without_run``.
 
 Queries averaged: those in the run that have at least one judgement in the qrels, like ``trec_eval`` without
-``-c`` (and ``pytrec_eval``); a judged query with no relevant document counts as 0. Ties in scores are broken
-by document id, descending, as ``trec_eval`` does. ``mrr@k`` equals ``trec_eval``'s ``recip_rank`` on the run
+``-c`` (and ``pytrec_eval``); a judged query with no relevant document counts as 0. Every metric ranks by
+score rounded to float32 (``trec_eval`` stores scores as ``float``), ties broken by document id, descending,
+as ``trec_eval`` does. ``mrr@k`` equals ``trec_eval``'s ``recip_rank`` on the run
 cut at ``k``; the other metrics map to ``ndcg_cut_k``, ``map_cut_k``, ``recall_k``, ``P_k`` and
 ``success_k``. See :mod:`offline_eval.trec` and :mod:`offline_eval.metrics`.
 """

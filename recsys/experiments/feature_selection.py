@@ -162,6 +162,40 @@ def random_bar(
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Time consistency of the rows
+# ------------------------------------------------------------------------------------------------------------
+
+
+def bundle_retrieval_windows(manifest: dict, names: Sequence[str], windows: dict[str, str]) -> list[str]:
+    """The split windows a bundle's retrieval stage (two-tower) was trained on, from its manifest: the
+    ``retrieval`` window, or with ``retrieval.refit`` (config, or the ``refit`` entry of its metrics) every
+    window before the test window (:func:`recsys.training.refresh_snapshot`)."""
+    from recsys.retrieval.config import RetrievalConfig
+
+    retrieval_cfg = (manifest.get("config") or {}).get("retrieval") or {}
+    refit_done = "refit" in ((manifest.get("metrics") or {}).get("retrieval") or {})
+    refit = bool(retrieval_cfg.get("refit", RetrievalConfig().refit)) or refit_done
+    if refit:
+        return list(names[: list(names).index(windows["test"])])
+    return [windows["retrieval"]]
+
+
+def check_rows_after(names: Sequence[str], trained_on: Sequence[str], rows_window: str, source: str) -> None:
+    """Refuse training rows built on ``rows_window`` with a model trained on ``trained_on`` unless every one
+    of those windows is strictly earlier: otherwise the model's scores (``ann_score``, ``ann_rank``, the
+    candidates themselves) on a row were computed by a model that saw the row's label, and a feature looks
+    more useful than it is at serving, where the model never saw the row."""
+    order = list(names)
+    late = [w for w in trained_on if order.index(w) >= order.index(rows_window)]
+    if late:
+        raise ValueError(
+            f"{source}: its two-tower was trained on windows {list(trained_on)}, which include the rows' window "
+            f"{rows_window!r} (its scores would have seen the labels); use a bundle trained with "
+            "--set retrieval.refit=false, or no --bundle (a two-tower is then trained on the first window)"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------------------
 
@@ -218,5 +252,5 @@ def write_report(res: FeatureSelectionResult, out: str | Path, overwrite: bool =
     return out
 
 
-__all__ = ["FeatureSelectionResult", "default_shuffle", "markdown", "plot", "random_bar", "random_columns",
-           "write_report"]
+__all__ = ["FeatureSelectionResult", "bundle_retrieval_windows", "check_rows_after", "default_shuffle", "markdown",
+           "plot", "random_bar", "random_columns", "write_report"]

@@ -15,11 +15,18 @@ offline evaluator (:mod:`offline_eval.evaluator`):
   sum_l w_l * label_l`` (``gains``; default the positive label with weight 1), 0 if not engaged. Distinct gains
   become integer relevance levels and LightGBM's ``label_gain`` is set to the gains themselves, so the
   validation NDCG uses the same (linear) gains as the evaluator;
-* with ``include_impressions`` on a dataset with impressions, the items shown to the user in the window and not
-  engaged (and not already candidates) are appended to the *training* users' candidates as extra negatives
-  (source ``impression``; their ``ann_score`` is the exact two-tower inner product when the retrieval stage
-  exposes ``user_vectors`` / ``item_vectors``, NaN otherwise). Validation users keep the retrieval candidates
-  only, so the validation NDCG measures what the stage sees when serving;
+* with ``include_impressions`` (off by default) on a dataset with impressions, the items shown to the user in
+  the window and not engaged (and not already candidates) are appended to the *training* users' candidates as
+  extra negatives (source ``impression``). No source returned them, so the features that describe the
+  retrieval (:data:`recsys.features.CANDIDATE_SOURCE_FEATURES`: ``src_*``, ``n_sources``, ``ann_score``,
+  ``ann_rank``) would take values on them that never occur at serving (all source flags 0; a two-tower score
+  below the ANN list's cut), and the model would learn "no source flag => negative". So impressions are only
+  appended to source-independent features: the default features then leave those out, and a
+  ``prerank.features`` list naming one of them is an error. (Making them NaN instead would not help: LightGBM
+  sends missing values down their own branch, so NaN is as telling as 0.) The default keeps the source
+  features and no impressions: the rows are then exactly the retrieval's candidates, what the stage serves.
+  Validation users keep the retrieval candidates only, so the validation NDCG measures what the stage sees
+  when serving;
 * groups without a positive are dropped (they carry no ranking signal).
 
 **Model**: LightGBM ``lambdarank`` (Burges 2010, "From RankNet to LambdaRank to LambdaMART: an overview",
@@ -54,8 +61,8 @@ import pandas as pd
 from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset
-from recsys.features import STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble, \
-    available_features, resolve
+from recsys.features import CANDIDATE_SOURCE_FEATURES, STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, \
+    FeatureKind, assemble, available_features, resolve
 from recsys.graph import GraphConfig
 from recsys.io import read_stage_meta, write_json
 from recsys.stages.base import FitContext
@@ -91,7 +98,8 @@ class PrerankConfig:
                        retrieved candidates, what the heavy ranker will promote (LightGBM's own default
                        truncation, 30, ignores every pair below rank 30)
     seed               sampling, holdout and LightGBM seed
-    include_impressions  add shown-not-engaged items of the window as extra training negatives
+    include_impressions  add shown-not-engaged items of the window as extra training negatives (only with
+                       source-independent features; see the module docstring)
     graph              the item graph of the features (co-engagement + links)
     feature_params     the features' own parameters (PPR, co-engagement, CTR smoothing, item columns)
     """
@@ -109,7 +117,7 @@ class PrerankConfig:
     eval_at: int = 10
     objective_at: int = 0
     seed: int = 0
-    include_impressions: bool = True
+    include_impressions: bool = False
     graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
     feature_params: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
 
@@ -261,8 +269,15 @@ def build_ranking_data(
         if missing:
             raise ValueError(f"build_ranking_data: {what} lacks column(s) {missing}")
     gains = _gains(ds, cfg)
+    impressions = cfg.include_impressions and ds.schema.has_impressions
     names = list(names) if names is not None else (list(cfg.features) or [
-        f for f in available_features(ctx) if f not in STAGE_SCORE_FEATURES])  # not its own score
+        f for f in available_features(ctx) if f not in STAGE_SCORE_FEATURES  # not its own score
+        and not (impressions and f in CANDIDATE_SOURCE_FEATURES)])
+    if impressions and set(names) & set(CANDIDATE_SOURCE_FEATURES):
+        raise ValueError(
+            f"prerank.include_impressions: features {[f for f in names if f in CANDIDATE_SOURCE_FEATURES]} describe "
+            "the candidate source, which an appended impression does not have (a pattern serving never shows); "
+            "drop them from prerank.features or set prerank.include_impressions: false")
     kinds = [f.kind for f in resolve(names, ctx)]
     n = catalog.n_items
 
@@ -299,7 +314,7 @@ def build_ranking_data(
     level = np.searchsorted(np.asarray(label_gain), gvals).astype(np.int32)
 
     extra_rows = None
-    if cfg.include_impressions and ds.schema.has_impressions:
+    if impressions:
         r_all = uindex.get_indexer(win[ucol].to_numpy())
         i_all = catalog.items.encode(win[icol].to_numpy())
         ok_all = (r_all >= 0) & (i_all < n)
