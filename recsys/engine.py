@@ -48,6 +48,9 @@ class Engine:
     name: str = "engine"
     version: str = ""
     catalog: Catalog | None = None
+    # {request digest: Candidates} of candidates(): set by training, where several stages learn from one
+    # upstream on one window (the heavy ranker's architecture variants); None: no memo (serving, evaluation)
+    memo: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def output_k(self) -> int:
@@ -91,9 +94,14 @@ class Engine:
         under its name, plus its extra outputs), as :meth:`rank` passes them on. This is what a downstream stage
         trains on (:class:`recsys.stages.base.FitContext`)."""
         requests = self.encode(requests)
+        key = _digest(requests) if self.memo is not None else None
+        if key is not None and key in self.memo:
+            return self.memo[key]
         cands = self.retrieval.retrieve(requests, self.retrieve_k)
         for stage, cutoff in self.stages:
             cands = self._keep(stage, stage.score(requests, cands), cands, cutoff)
+        if key is not None:
+            self.memo[key] = cands
         return cands
 
     @staticmethod
@@ -182,6 +190,24 @@ class Engine:
             if fatal:
                 raise DeadlineExceeded(f"{name} did not finish within {budget * 1000:.0f} ms") from None
             raise _Skipped("timeout") from None
+
+
+def _digest(requests: Requests) -> str:
+    """A digest of everything :meth:`Engine.candidates` reads from a request batch."""
+    import hashlib
+
+    h = hashlib.sha256()
+    parts = [requests.users, requests.timestamps, requests.history.indptr, requests.history.values]
+    if requests.exclude is not None:
+        parts += [requests.exclude.indptr, requests.exclude.values]
+    for name in sorted(requests.context):
+        parts.append(np.asarray(requests.context[name]).astype(str))
+        h.update(name.encode())
+    for a in parts:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 class DeadlineExceeded(RuntimeError):

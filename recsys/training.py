@@ -122,6 +122,7 @@ class _Planned:
     k: int
     cfg: object
     key: str  # identical keys = identical stages (same config, same upstream): trained once
+    upstream: str = ""  # the key of the engine that serves it (retrieval, cut-offs, the stages before it)
 
 
 def plan_system(system: System, cfg: Config, base: dict[str, object]) -> list[_Planned] | None:
@@ -153,7 +154,7 @@ def plan_system(system: System, cfg: Config, base: dict[str, object]) -> list[_P
             scores = {f"{d}_score" for d in dropped}
             scfg = dataclasses.replace(scfg, features=tuple(f for f in scfg.features if f not in scores))
         key = f"{upstream_key}>{name}:{json.dumps(to_dict(scfg), sort_keys=True, default=str)}"
-        out.append(_Planned(name, t, k, scfg, key))
+        out.append(_Planned(name, t, k, scfg, key, upstream_key))
         upstream_key = f"{key}@{k}"
     if not changed and system.name != "engine" and system.derive is None:
         return None
@@ -225,6 +226,7 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
         return contexts[window_of]
 
     trained: dict[str, tuple[str, object]] = {}  # plan key -> (folder, fitted stage)
+    upstreams: dict[tuple, Engine] = {}
     base: dict[str, object] = {}
     layout: dict[str, dict] = {}
     for system in systems:
@@ -238,8 +240,11 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
             if p.key not in trained:
                 folder = p.name if system.name == "engine" else f"{p.name}@{system.name}"
                 ctx_at = at(p.name)
-                upstream = Engine(retrieval, [(ctx_at.stage(s), k) for s, k in stages], plan[0].k,
-                                  name=f"{system.name}<{p.name}", catalog=catalog)
+                up_key = (p.name, p.upstream)  # this window, this upstream
+                if up_key not in upstreams:  # stages with one upstream on one window share its candidates
+                    upstreams[up_key] = Engine(retrieval, [(ctx_at.stage(s), k) for s, k in stages], plan[0].k,
+                                               name=f"{system.name}<{p.name}", catalog=catalog, memo={})
+                upstream = upstreams[up_key]
                 logger.info("system %s: training stage %s (%s) on window %r, upstream %s -> %s", system.name,
                             p.name, p.type, windows[p.name], [plan[0].k] + [k for _, k in stages], folder)
                 stage = build_stage(p.name, p.type, p.cfg).fit(FitContext(
@@ -258,6 +263,7 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
                 logger.info("system %s equals the engine here; not built", system.name)
                 continue
         layout[system.name] = {"stages": entries, **({"derive": system.derive} if system.derive else {})}
+    upstreams.clear()  # the memos hold every training window's candidates
     scoring = {folder: stage for folder, stage in trained.values()}
     catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, catalog, retrieval, scoring)
     if cfg.retrieval.refit:

@@ -188,3 +188,17 @@ def test_removed_size_keys_are_config_errors_naming_the_funnel():
         load_config(None, ["engine.funnel=[{stage: retrieval, k: 10}, {stage: prerank, k: 30}, {stage: rank, k: 5}]"])
     with pytest.raises(ConfigError, match=r"first stage must be a candidate stage"):
         load_config(None, ["engine.funnel=[{stage: prerank, k: 30}, {stage: rank, k: 5}]"])
+
+
+def test_candidates_memo_returns_exactly_what_the_engine_computes(world):
+    """Training shares one upstream's candidates between the stages that learn from it (Engine.memo)."""
+    tmp, ds, cfg, bundle, data = world
+    engine = load_engine(bundle.path)
+    memo = dataclasses.replace(engine.upstream_of(1), memo={})
+    req = data.requests.take(np.arange(20))
+    a, plain = memo.candidates(req), engine.upstream_of(1).candidates(req)
+    assert memo.candidates(req) is a and len(memo.memo) == 1
+    np.testing.assert_array_equal(a.items, plain.items)
+    np.testing.assert_array_equal(a.scores["prerank"], plain.scores["prerank"])
+    other = memo.candidates(data.requests.take(np.arange(1, 21)))  # another batch: another entry
+    assert len(memo.memo) == 2 and not np.array_equal(other.items, a.items)
