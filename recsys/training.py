@@ -203,7 +203,7 @@ def load_engine(path: str | Path) -> Engine:
 
     bundle = load_bundle(path)
     cfg = from_dict(Config, bundle.manifest["config"])
-    catalog = load_catalog(bundle.path / "catalog")
+    catalog = load_catalog(bundle.stage_dir("catalog"))  # the verified private copy (recsys.bundle)
     retrieval = RetrievalStage.load(bundle.stage_dir("retrieval"), catalog)
     prerank = ranker = None
     if "prerank" in bundle.stages:

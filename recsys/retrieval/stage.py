@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys.bundle import check_name
 from recsys.configlib import from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
@@ -579,6 +580,7 @@ class RetrievalStage:
         for name, spec in (json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}).items():
             if spec.get("type") != "graph":
                 raise ValueError(f"{sources_path}: source {name!r} has unknown type {spec.get('type')!r}")
+            check_name(name, f"{sources_path}: source name")  # joined into a path below: must stay inside
             src = GraphSource.load(folder / "sources" / name)
             if src.n_items != catalog.n_items:
                 raise ValueError(f"{folder / 'sources' / name}: graph of {src.n_items} items, catalogue {catalog.n_items}")
