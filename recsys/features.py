@@ -55,6 +55,7 @@ from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog
 from recsys.data.schema import Dataset, Role
 from recsys.data.vocab import Vocab
+from recsys.deadline import checkpoint
 from recsys.graph import GraphConfig, Transition, build_item_graph, load_graph, pagerank, save_graph
 from recsys.graph import personalized_pagerank
 from recsys.io import write_json
@@ -809,6 +810,7 @@ def assemble(
     if b == 0 or c == 0:
         return out
     for j, f in enumerate(feats):
+        checkpoint()  # under a serving deadline: stop here once the stage's budget has passed
         out[:, :, j] = f.fn(x)
     out[~x.valid] = np.nan
     return out

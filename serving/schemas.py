@@ -42,7 +42,8 @@ def request_models(cfg: ServingConfig) -> RequestModels:
     Scalar = Union[bool, INT64, float, Annotated[str, StringConstraints(max_length=cfg.max_id_length)], None]
     Timeout = Annotated[float, Field(ge=cfg.min_timeout_ms, le=cfg.max_timeout_ms,
                                      description="this request's time budget in milliseconds "
-                                                 f"(default {cfg.budget_ms:g})")]
+                                                 f"(default {cfg.budget_ms:g}); also at least the served "
+                                                 "model's measured floor (GET /readyz: min_timeout_ms), else 422")]
 
     class HistoryEvent(BaseModel):
         """One past engagement of the user: the item and, optionally, when (Unix seconds)."""
@@ -143,6 +144,7 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "loading", "failed"]
     model_version: str | None = None
+    min_timeout_ms: float | None = Field(None, description="the smallest timeout_ms the served model accepts")
     message: str | None = None
 
 

@@ -43,6 +43,7 @@ from recsys.configlib import from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
+from recsys.deadline import checkpoint
 from recsys.retrieval.config import RetrievalConfig, TwoTowerConfig
 from recsys.graph.pagerank import GraphSource
 from recsys.io import read_stage_meta
@@ -480,7 +481,9 @@ class RetrievalStage:
         outs = {"ann": ann.candidates(req, max(k, self.cfg.ann_k))}
         extra_sources = self.extra_sources if extra else {}
         for name, (src, _) in extra_sources.items():
+            checkpoint()  # under a serving deadline: stop here once the stage's budget has passed
             outs[name] = src.candidates(req, k)
+        checkpoint()
         outs["popularity"] = self.popularity.candidates(req, k)
         if quotas is None:
             pop_q = int(round(self.cfg.popularity_share * k))
