@@ -50,7 +50,8 @@ def request_models(cfg: ServingConfig) -> RequestModels:
 
         model_config = _STRICT
         item_id: Id
-        timestamp: UNIX_S | None = Field(None, description="default: the request's timestamp")
+        timestamp: UNIX_S | None = Field(None, description="when it happened; without it the event's time is "
+                                         "unknown (time-derived features take their missing-value path)")
 
     class RankRequest(BaseModel):
         """Rank the catalogue for one user.
@@ -68,7 +69,8 @@ def request_models(cfg: ServingConfig) -> RequestModels:
         context: Annotated[dict[Key, Scalar], Field(max_length=cfg.max_context)] = Field(
             default_factory=dict, description="request context columns of the dataset, e.g. hour, device")
         history: Annotated[list[Union[Id, HistoryEvent]], Field(max_length=cfg.max_history)] = Field(
-            default_factory=list, description="the user's latest engagements, oldest first")
+            default_factory=list, description="the user's latest engagements, oldest first (sorted by time "
+                                              "when every event has a timestamp)")
         exclude_item_ids: Annotated[list[Id], Field(max_length=cfg.max_exclude)] = Field(
             default_factory=list, description="items never to return")
         timestamp: UNIX_S | None = Field(None, description="request time (default: now)")

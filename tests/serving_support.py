@@ -17,7 +17,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.engine import Engine
-from recsys.types import Ragged, Requests
+from recsys.types import MISSING_TIME, Ragged, Requests
 from serving.app import create_app
 from serving.config import ServingConfig
 from serving.state import ServiceState
@@ -89,7 +89,7 @@ def direct(engine: Engine, user_id, history: list, exclude: list, k: int) -> lis
     e = cat.items.encode(np.asarray(exclude, dtype=np.int64)) if exclude else np.zeros(0, np.int64)
     e = e[e < cat.items.oov]
     req = Requests(users=cat.users.encode(np.array([user_id])), timestamps=np.array([T_REQ]),
-                   history=Ragged(np.array([0, len(h)]), h, np.full(len(h), T_REQ)),
+                   history=Ragged(np.array([0, len(h)]), h, np.full(len(h), MISSING_TIME)),
                    exclude=Ragged(np.array([0, len(e)]), e), user_ids=np.array([user_id]))
     res = engine.rank(req, k)
     row = res.items[0]
