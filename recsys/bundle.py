@@ -47,7 +47,7 @@ import shutil
 import stat
 import tempfile
 import weakref
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
 from recsys.io import atomic_output_dir, locked_tempdir, remove_stale, sha256_file

@@ -32,8 +32,10 @@ class ServingConfig:
     the service stops waiting for the engine at ``budget + grace_ms / 2`` and answers 504 itself, keeping the
     other half of the grace for the answer to leave a busy event loop (the engine normally answers first).
     The smallest ``timeout_ms`` accepted is the larger of ``min_timeout_ms`` and the served model's measured
-    floor (``retrieval cost / stage_shares["retrieval"]``, measured on the warm-up requests, shown by
-    ``/readyz``): a shorter timeout could never be met, so it is a 422 naming ``timeout_ms``, not a 504.
+    floor (``2 x retrieval cost / stage_shares["retrieval"]``, the retrieval cost being the fastest of three
+    warm-up requests, the factor 2 the margin for the HTTP path and jitter; shown by ``/readyz``): a shorter
+    timeout could never be met, so it is a 422 naming ``timeout_ms``, not a certain 504. A floor, not a
+    promise: under load an accepted timeout can still end in a 504.
 
     Overload: at most ``max_inflight`` rank requests (single or batch) hold work at a time; the next one is
     answered 503 at once with ``Retry-After: retry_after_s`` (no queue). A request answered 504 keeps its slot
@@ -61,7 +63,7 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     budget_ms: float = 250.0
-    min_timeout_ms: float = 10.0
+    min_timeout_ms: float = 50.0  # below this even a warm unloaded request can miss its budget
     max_timeout_ms: float = 5000.0
     stage_shares: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"retrieval": 0.6, "prerank": 0.4, "rank": 0.6}

@@ -32,6 +32,8 @@ from serving.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
+FLOOR_MARGIN = 2.0  # the timeout floor: this many times the retrieval cost over its share (ServingConfig)
+
 
 def set_threads(n: int) -> None:
     """torch / FAISS intra-op threads of this process (concurrent requests already use the cores)."""
@@ -159,7 +161,7 @@ class ServiceState:
             retrieval_ms = warm_up(engine, self.cfg.warmup_requests)
             if retrieval_ms is not None:
                 share = self.cfg.stage_shares.get("retrieval", 1.0)
-                floor = max(floor, float(math.ceil(retrieval_ms / share)))
+                floor = max(floor, float(math.ceil(FLOOR_MARGIN * retrieval_ms / share)))
                 if floor > self.cfg.budget_ms:
                     logger.warning("model %s: retrieval alone takes %.1f ms; the default budget_ms %g cannot be "
                                    "met (every request without a longer timeout_ms will answer 504)",

@@ -76,14 +76,14 @@ def test_a_timeout_below_the_measured_floor_is_422_not_a_certain_504(serving_eng
     slow = Engine(SlowRetrieval(serving_engine.retrieval, delay=0.06), serving_engine.stages,
                   serving_engine.retrieve_k, version=serving_engine.version, catalog=serving_engine.catalog)
     state = ServiceState(ServingConfig(warmup_requests=2))
-    state.install(slow, "test")  # warm-up measures retrieval: >= 60 ms, so a timeout needs >= 60 / 0.6 = 100 ms
+    state.install(slow, "test")  # warm-up measures retrieval: >= 60 ms, so a timeout needs >= 2 * 60 / 0.6 = 200 ms
     floor = state.current.min_timeout_ms
-    assert floor >= 100
+    assert floor >= 200
     with LiveServer(create_app(state)) as s:
         assert s.client.get("/readyz").json()["min_timeout_ms"] == floor
-        r = s.client.post("/v1/rank", json={"user_id": 1, "timeout_ms": 80})
+        r = s.client.post("/v1/rank", json={"user_id": 1, "timeout_ms": 150})
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == ["body", "timeout_ms"] and f"{floor:g} ms" in r.json()["message"]
-        r = s.client.post("/v1/rank/batch", json={"requests": [{"user_id": 1}], "timeout_ms": 80})
+        r = s.client.post("/v1/rank/batch", json={"requests": [{"user_id": 1}], "timeout_ms": 150})
         assert r.status_code == 422 and "timeout_ms" in r.json()["message"]
         assert s.client.post("/v1/rank", json={"user_id": 1, "timeout_ms": 1000}).status_code == 200
