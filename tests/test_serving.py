@@ -36,7 +36,7 @@ from recsys.engine import Engine
 from serving.app import create_app
 from serving.config import ServingConfig
 from serving.schemas import BatchRankResponse, RankResponse
-from serving.state import ServiceState
+from serving.state import ReloadRefused, ServiceState
 
 torch.set_num_threads(1)
 
@@ -369,6 +369,45 @@ def test_reload_swaps_version_with_no_failed_request_and_refuses_bad_bundles(own
         assert metric(text, "recsys_reloads_total", outcome="ok") == 2  # initial load + the good reload
         assert metric(text, "recsys_reloads_total", outcome="failed") == 3
         assert metric(text, "recsys_model_info", version=good.name) == 1
+
+
+def escaping_version(art: Path, name: str, how: str, outside: Path) -> Path:
+    """A version whose popularity.npy is read from ``outside`` (an identical copy, so checksums alone pass):
+    through a ``..`` manifest entry, an absolute one, or a symlink."""
+    import hashlib
+
+    dst = new_version(art, name)
+    real = dst / "retrieval" / "popularity.npy"
+    shutil.copyfile(real, outside)
+    m = json.loads((dst / "manifest.json").read_text())
+    meta = m["files"]["retrieval/popularity.npy"]
+    assert meta["sha256"] == hashlib.sha256(outside.read_bytes()).hexdigest()
+    if how == "symlink":
+        real.unlink()
+        real.symlink_to(outside)
+    else:
+        entry = os.path.relpath(outside, dst) if how == "dotdot" else str(outside)
+        m["files"][entry] = meta
+        (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.mark.parametrize("how, why", [("dotdot", "'..'"), ("absolute", "absolute path"), ("symlink", "symlink")])
+def test_bundles_reaching_outside_are_refused_at_start_and_on_reload(own_bundle, tmp_path, how, why):
+    bad = escaping_version(own_bundle, f"20990106T000000Z-{how}", how, tmp_path / "outside.npy")
+    with pytest.raises(ReloadRefused, match=why):
+        ServiceState(ServingConfig(), bad).load_initial()
+    state = ServiceState(ServingConfig(budget_ms=2000), own_bundle)
+    state.load_initial()
+    old = state.version
+    with LiveServer(create_app(state, admin_token=TOKEN)) as srv:
+        with RequestStream(srv.url, {"user_id": "u", "k": 5}) as stream:
+            time.sleep(0.1)
+            r = srv.client.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"},
+                                json={"path": str(bad)})
+            time.sleep(0.1)
+        assert r.status_code == 422 and r.json()["error"] == "bundle_refused" and why in r.json()["message"]
+        assert stream.statuses and set(stream.statuses) == {200} and set(stream.versions) == {old}
 
 
 def test_watcher_follows_latest(own_bundle):
