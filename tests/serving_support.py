@@ -3,10 +3,14 @@ failing stage wrappers, metric parsing, bundle versions for reload tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -188,3 +192,37 @@ class RequestStream:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@contextlib.contextmanager
+def recsys_serve(bundle: Path, log: Path, args: tuple[str, ...] = (), env: dict | None = None):
+    """``python -m recsys.cli serve`` on a free loopback port, waited for until /readyz answers 200 (at most
+    60 s); yields (process, base url) and stops it with SIGTERM (killed after 20 s) on exit."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = open(log, "w+b")
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "-q", "serve", "--bundle", str(bundle), "--port",
+                             str(port), *args], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})},
+                            stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() - t0 < 60, "recsys serve did not become ready"
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from hypothesis import strategies as st
 
 from serving_support import (  # tests/serving_support.py
     T_REQ, TOKEN, LiveServer, RequestStream, SlowRetrieval, SlowStage, direct, item_ids, known_users, metric,
-    new_version, point_latest, serve_engine,
+    new_version, point_latest, recsys_serve, serve_engine,
 )
 
 from recsys.engine import Engine
@@ -568,42 +567,14 @@ def test_fuzz_never_5xx(server, case):
 
 
 def test_recsys_serve_command(bundle, tmp_path):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    env = {**os.environ, "RECSYS_ADMIN_TOKEN": TOKEN, "OMP_WAIT_POLICY": "PASSIVE"}
-    log = open(tmp_path / "serve.log", "w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli", "-q", "serve", "--bundle", str(bundle), "--port", str(port),
-         "--set", "serving.budget_ms=1500", "--set", "serving.max_k=20"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() - t0 < 60, "recsys serve did not become ready"
-            time.sleep(0.2)
+    log = tmp_path / "serve.log"
+    with recsys_serve(bundle, log, ("--set", "serving.budget_ms=1500", "--set", "serving.max_k=20"),
+                      {"RECSYS_ADMIN_TOKEN": TOKEN}) as (proc, url):
         r = httpx.post(url + "/v1/rank", json={"user_id": "x", "k": 5})
         assert r.status_code == 200 and r.json()["degraded"] == ["cold_start"]
         assert httpx.post(url + "/v1/rank", json={"user_id": "x", "k": 21}).status_code == 422  # max_k from --set
         assert httpx.post(url + "/admin/reload", headers={"authorization": f"Bearer {TOKEN}"}).json()["status"] \
             == "unchanged"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status: killed by SIGTERM)
     assert proc.returncode in (0, -signal.SIGTERM), (tmp_path / "serve.log").read_text()
     assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()

@@ -9,16 +9,10 @@ a stage dropped for the deadline (before cooperative cancellation: 3 of 301)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import numpy as np
 import pytest
+from serving_support import recsys_serve
 
 from serving.config import ServingConfig
 from serving.loadgen import closed_loop, http_post, summarize
@@ -46,34 +40,10 @@ def _bodies(engine, port: int, n: int = 200) -> list[bytes]:
 def test_overload_keeps_the_deadline_bound_and_the_admitted_requests_served(serving_bundle, serving_engine, tmp_path):
     cfg = ServingConfig()
     bound_ms = cfg.budget_ms + cfg.grace_ms + 50
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path / "serve.log", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "-q", "serve", "--bundle", str(serving_bundle),
-                             "--port", str(port)], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() - t0 < 30, "recsys serve did not become ready"
-            time.sleep(0.1)
+    with recsys_serve(serving_bundle, tmp_path / "serve.log") as (_, url):
+        port = int(url.rsplit(":", 1)[1])
         samples = asyncio.run(closed_loop(port, _bodies(serving_engine, port), CONCURRENCY, DURATION_S,
                                           honour_retry_after=True))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     summary = summarize(samples, DURATION_S)
     statuses = {s.status for s in samples}
     assert statuses <= {200, 503, 504}, summary
