@@ -13,16 +13,18 @@ Routes (see ``/docs`` or ``/openapi.json`` of a running server):
 
 Errors are JSON ``{"error": code, "message": ..., "request_id": ..., "detail": [...]}``:
 400 the body is not JSON (undecodable, a syntax error, NaN / Infinity, nested too deeply), 413 body too large,
-415 a body without ``Content-Type: application/json``, 422 invalid request (``detail`` names each field), 503 overloaded / not ready (with
-``Retry-After``), 504 deadline exceeded, 500 unexpected (logged with the request id; the server goes on).
+415 a body without ``Content-Type: application/json``, 422 invalid request (``detail`` names each field),
+503 overloaded / not ready (with ``Retry-After``), 504 deadline exceeded, 500 unexpected (logged with the
+request id; the server goes on).
 
 Execution: the engine is CPU-bound, so each admitted request runs on a worker thread of a pool with
 ``max_inflight`` threads (admission guarantees a free one); the event loop only parses, admits and answers,
 so health checks and 503s stay fast under load. The engine runs each stage within its deadline share (see
-:class:`recsys.deadline.Deadline`); the loop additionally answers 504 itself,
-and no answer comes later than ``budget + grace_ms`` (the loop stops waiting at ``budget + grace_ms / 2``). Work that misses its budget is cancelled cooperatively (the stage stops
-at its next checkpoint, :mod:`recsys.deadline`) and keeps the request's admission ticket until it has stopped,
-so ``max_inflight`` bounds the work running, not only the requests waiting for an answer.
+:class:`recsys.deadline.Deadline`); the loop additionally answers 504 itself, and no answer comes later
+than ``budget + grace_ms`` (the loop stops waiting at ``budget + grace_ms / 2``). Work that misses its budget
+is cancelled cooperatively (the stage stops at its next checkpoint, :mod:`recsys.deadline`) and keeps the
+request's admission ticket until it has stopped, so ``max_inflight`` bounds the work running, not only the
+requests waiting for an answer.
 
 This module deliberately does not use ``from __future__ import annotations``: FastAPI reads the endpoint
 annotations, and the request models are built per config inside :func:`create_app`.
@@ -314,8 +316,9 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
                 raise ServiceError(403, "forbidden", "wrong admin token")
 
         @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_admin)],
-                  responses=_responses(400, 401, 403, 409, 413, 415, 422, 500, e422="invalid body, or the bundle was refused "
-                                       "(missing, corrupt, incompatible or failed its warm-up); the old one serves"),
+                  responses=_responses(400, 401, 403, 409, 413, 415, 422, 500,
+                                       e422="invalid body, or the bundle was refused (missing, corrupt, "
+                                            "incompatible or failed its warm-up); the old one serves"),
                   summary="Load and swap in a bundle")
         async def reload(request: Request, body: ReloadRequest | None = None):
             path = body.path if body is not None else None

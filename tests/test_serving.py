@@ -5,7 +5,8 @@ Covers: answers equal in-process ``Engine.rank``; cold start; batch == single re
 deadlines (a slow scoring stage -> degraded 200 within the budget; slow retrieval -> 504 within the budget);
 overload (503 + Retry-After without queueing); unexpected errors (500 JSON, server goes on); hot reload of a
 good bundle under a request stream (no failed request) and refusal of tampered / incompatible ones;
-the ``latest`` watcher; admin auth; readiness; Prometheus counts; OpenAPI; a hypothesis fuzz finding no 5xx.
+the ``latest`` watcher; bundles reaching outside themselves refused; admin auth; readiness; Prometheus counts;
+OpenAPI; a hypothesis fuzz finding no 5xx.
 """
 
 from __future__ import annotations
@@ -483,8 +484,8 @@ def test_openapi_documents_limits_and_errors(server):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Fuzz: no request shape makes the server answer 5xx (schemathesis is not installed; hypothesis generates
-# bodies mixing valid fields, limit-breaking values and arbitrary JSON)
+# Fuzz: no request shape makes the server answer 5xx (hypothesis generates bodies mixing valid fields,
+# limit-breaking values and arbitrary JSON; tests/test_serving_schemathesis.py generates them from the schema)
 # --------------------------------------------------------------------------------------------------------
 
 _json = st.recursive(
