@@ -8,7 +8,12 @@ Then, in this process with the server idle, the same request bodies go through `
 of the two latencies is the cost of the HTTP layer (parsing, validation, admission, thread hop, JSON).
 
     .venv/bin/python benchmarks/bench_serving.py [--bundle artifacts/demo] [--concurrency 1,4,8]
-                                                  [--duration 5] [--k 10]
+                                                  [--duration 5] [--k 10] [--overload]
+
+``--overload`` instead measures, in one run on one server with the default ``max_inflight``: the unloaded p99
+(one client), the sustainable load (closed loop with ``max_inflight`` clients), then an open loop at 10x that
+rate (requests sent on schedule whatever the answers): the 503s' p50 / p99 latency, the accepted requests' p99
+and max, the 504 count and the degraded share, beside the unloaded p99.
 
 Without ``--bundle`` a tiny bundle is trained in a temporary folder (a few seconds). Prints one JSON object:
 machine, bundle, settings, per concurrency the HTTP and in-process throughput (requests/s), p50/p95/p99/mean
@@ -39,6 +44,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from serving.loadgen import closed_loop, http_post, open_loop
+from serving.loadgen import summarize as loadgen_summary
 
 
 def machine() -> dict:
@@ -91,58 +99,49 @@ def summarize(lat_s: list[float], statuses: dict, degraded: int, seconds: float)
 
 
 # ------------------------------------------------------------------------------------------------------------
-# HTTP client (raw HTTP/1.1 keep-alive over asyncio streams)
+# HTTP client (serving.loadgen: raw HTTP/1.1 keep-alive over asyncio streams)
 # ------------------------------------------------------------------------------------------------------------
 
 
 def http_request(port: int, body: dict) -> bytes:
-    data = json.dumps(body).encode()
-    return (f"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
-
-
-async def _exchange(reader, writer, req: bytes) -> tuple[int, bytes]:
-    writer.write(req)
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    length = 0
-    for line in lines[1:]:
-        if line.lower().startswith("content-length:"):
-            length = int(line.split(":", 1)[1])
-    return status, await reader.readexactly(length)
+    return http_post(port, "/v1/rank", body)
 
 
 async def _http_level(port: int, reqs: list[bytes], concurrency: int, warmup_s: float, duration_s: float) -> dict:
-    lat: list[float] = []
+    samples = await closed_loop(port, reqs, concurrency, duration_s, warmup_s)
     statuses: dict[int, int] = {}
-    degraded = 0
-    t_start = time.perf_counter()
-    t_measure, t_end = t_start + warmup_s, t_start + warmup_s + duration_s
+    for smp in samples:
+        statuses[smp.status] = statuses.get(smp.status, 0) + 1
+    return summarize([smp.latency_s for smp in samples], statuses, sum(smp.degraded for smp in samples), duration_s)
 
-    async def worker(w: int) -> None:
-        nonlocal degraded
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        i = w
-        try:
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= t_end:
-                    return
-                status, body = await _exchange(reader, writer, reqs[i % len(reqs)])
-                t1 = time.perf_counter()
-                i += concurrency
-                if t0 >= t_measure:
-                    lat.append(t1 - t0)
-                    statuses[status] = statuses.get(status, 0) + 1
-                    if status == 200 and (b':deadline"' in body or b':timeout"' in body):
-                        degraded += 1
-        finally:
-            writer.close()
 
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return summarize(lat, statuses, degraded, duration_s)
+def overload(port: int, reqs: list[bytes], max_inflight: int, warmup_s: float, duration_s: float) -> dict:
+    """Unloaded p99 (one client), the sustainable load (closed loop at ``max_inflight`` clients: the answers per
+    second the server gives when every admission slot is busy and nothing is refused), then an open loop at 10x
+    that rate: the 503s' latency and the accepted requests' p99, all from the same server in one run."""
+    unloaded = asyncio.run(_http_level(port, reqs, 1, warmup_s, duration_s))
+    sustainable = asyncio.run(_http_level(port, reqs, max_inflight, warmup_s, duration_s))
+    rate = 10 * sustainable["throughput_rps"]
+    samples, dropped = asyncio.run(open_loop(port, reqs, rate, duration_s))
+    loaded = loadgen_summary(samples, duration_s)
+    achieved = round(len(samples) / duration_s, 1)
+    return {
+        "unloaded": unloaded,
+        "sustainable": sustainable,
+        "overload": {"offered_rps": round(rate, 1), "answered_rps": achieved, "client_dropped": dropped,
+                     **loaded},
+        "summary": {
+            "unloaded_p99_ms": unloaded["p99_ms"],
+            "sustainable_rps": sustainable["throughput_rps"],
+            "overload_offered_rps": round(rate, 1),
+            "overload_503_p50_ms": loaded["by_status"].get("503", {}).get("p50_ms"),
+            "overload_503_p99_ms": loaded["by_status"].get("503", {}).get("p99_ms"),
+            "overload_accepted_p99_ms": loaded["by_status"].get("200", {}).get("p99_ms"),
+            "overload_accepted_max_ms": loaded["by_status"].get("200", {}).get("max_ms"),
+            "overload_504": loaded["by_status"].get("504", {}).get("n", 0),
+            "overload_accepted_degraded_share": loaded["deadline_degraded_share"],
+        },
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -225,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=500, help="distinct request bodies (cycled)")
     ap.add_argument("--budget-ms", type=float, default=None, help="serving.budget_ms (default: the config's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overload", action="store_true",
+                    help="instead: the unloaded p99, the sustainable load, and 10x that load (open loop) on the "
+                         "default max_inflight: 503 latency and the accepted requests' p99")
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
 
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     bundle = args.bundle or tiny_bundle(tmp)
     budget = {"budget_ms": args.budget_ms} if args.budget_ms else {}
-    cfg = ServingConfig(max_inflight=max(ServingConfig().max_inflight, max(levels)), **budget)
+    inflight = ServingConfig().max_inflight if args.overload else max(ServingConfig().max_inflight, max(levels))
+    cfg = ServingConfig(max_inflight=inflight, **budget)
     overrides = [f"serving.max_inflight={cfg.max_inflight}", f"serving.budget_ms={cfg.budget_ms}"]
 
     set_threads(cfg.threads)
@@ -257,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     http: dict[str, dict] = {}
     try:
         reqs = [http_request(port, b) for b in bodies]
-        for c in levels:
+        if args.overload:
+            result = overload(port, reqs, cfg.max_inflight, args.warmup, args.duration)
+        for c in levels if not args.overload else []:
             http[str(c)] = asyncio.run(_http_level(port, reqs, c, args.warmup, args.duration))
     finally:
         proc.terminate()
@@ -266,6 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
 
+    if args.overload:
+        print(json.dumps({
+            "benchmark": "serving_overload", "machine": machine(),
+            "bundle": {"path": str(bundle), "version": engine.version, "stages": [s.name for s, _ in engine.stages]},
+            "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "k": args.k,
+                         "distinct_requests": args.requests, "budget_ms": cfg.budget_ms, "grace_ms": cfg.grace_ms,
+                         "max_inflight": cfg.max_inflight, "server_startup_s": round(startup_s, 2)},
+            **result,
+        }, indent=2))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     inproc = {str(c): in_process_level(engine, encoded, args.k, cfg.budget_ms / 1000, dict(cfg.stage_shares), c,
                                        args.warmup, args.duration) for c in levels}
     overhead = {

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from recsys.data.catalog import Catalog
+from recsys.deadline import Cancelled, Deadline, DeadlineExceeded  # noqa: F401  (re-exported)
 from recsys.retrieval.sources import Candidates, select_columns, top_columns  # noqa: F401  (re-exported)
 from recsys.retrieval.stage import RetrievalStage
 from recsys.stages.base import ScoringStage
@@ -174,19 +175,25 @@ class Engine:
         return Results(items, scores, stage_scores=stage_scores, stages=stages, degraded=degraded)
 
     def _run(self, name: str, fn, args: tuple, deadline: "Deadline | None", fatal: bool = False):
-        """Call ``fn(*args)`` inline, or within the stage's budget on a worker thread when a deadline is set."""
+        """Call ``fn(*args)`` inline, or within the stage's budget on a worker thread when a deadline is set.
+
+        Under a deadline the call is a :class:`recsys.deadline.StageRun`: when its budget passes (or the
+        request is cancelled) the engine stops waiting, a call still queued never starts and a running one
+        stops at its next :func:`recsys.deadline.checkpoint`; ``deadline.holder`` counts it until it is over.
+        """
         if deadline is None:
             return fn(*args)
         budget = deadline.budget(name)
-        if budget <= 0:
+        if budget <= 0 or deadline.cancelled:
             if fatal:
                 raise DeadlineExceeded(f"no time left for {name}")
             raise _Skipped("deadline")
-        future = _executor().submit(fn, *args)
+        run, future = deadline.submit(_executor(), budget, fn, *args)
         try:
             return future.result(timeout=budget)
-        except concurrent.futures.TimeoutError:
-            # The worker keeps running to completion in the background; its result is discarded.
+        except (concurrent.futures.TimeoutError, Cancelled):
+            run.cancel()  # cooperative: the stage stops at its next checkpoint
+            future.cancel()  # still queued: never starts
             if fatal:
                 raise DeadlineExceeded(f"{name} did not finish within {budget * 1000:.0f} ms") from None
             raise _Skipped("timeout") from None
@@ -210,33 +217,8 @@ def _digest(requests: Requests) -> str:
     return h.hexdigest()
 
 
-class DeadlineExceeded(RuntimeError):
-    """Nothing could be returned within the request's budget (the service maps this to 504)."""
-
-
 class _Skipped(Exception):
     """A scoring stage was dropped for the deadline (message: 'deadline' or 'timeout')."""
-
-
-@dataclasses.dataclass
-class Deadline:
-    """A request's time budget and each stage's share of it.
-
-    ``budget(stage) = min(remaining, share[stage] * total)`` seconds; stages without a share may use all that
-    remains. ``start`` is a ``time.perf_counter()`` reading (default: now).
-    """
-
-    total_s: float
-    shares: dict[str, float] = dataclasses.field(default_factory=dict)
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-
-    def remaining(self) -> float:
-        return self.total_s - (time.perf_counter() - self.start)
-
-    def budget(self, stage: str) -> float:
-        rem = self.remaining()
-        share = self.shares.get(stage)
-        return rem if share is None else min(rem, share * self.total_s)
 
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None

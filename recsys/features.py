@@ -55,10 +55,11 @@ from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog
 from recsys.data.schema import Dataset, Role
 from recsys.data.vocab import Vocab
+from recsys.deadline import checkpoint
 from recsys.graph import GraphConfig, Transition, build_item_graph, load_graph, pagerank, save_graph
 from recsys.graph import personalized_pagerank
 from recsys.io import write_json
-from recsys.types import Ragged, Requests
+from recsys.types import MISSING_TIME, Ragged, Requests
 
 if TYPE_CHECKING:  # not imported at run time: importing recsys.retrieval loads torch and faiss
     from recsys.retrieval.sources import Candidates
@@ -639,7 +640,9 @@ def _recency(x: FeatureInputs) -> np.ndarray:
     has = lens > 0
     if h.times is not None and has.any():
         last = h.times[h.indptr[1:][has] - 1]
-        out[has] = (x.requests.timestamps[has] - last) / DAY
+        known = last != MISSING_TIME  # an event of unknown time: the missing-value path (NaN)
+        rows = np.flatnonzero(has)[known]
+        out[rows] = (x.requests.timestamps[rows] - last[known]) / DAY
     return x.per_request(out)
 
 
@@ -688,7 +691,8 @@ REGISTRY: dict[str, Feature] = {
         Feature("user_history_len", "number of engagements in the request's history (0 for a new user)",
                 FeatureKind.NUMERIC, _history_len),
         Feature("user_recency_days", "(request time - time of the user's last history engagement) / 86400; NaN "
-                "for an empty history or a history without times", FeatureKind.NUMERIC, _recency),
+                "for an empty history, a history without times or a last engagement of unknown time",
+                FeatureKind.NUMERIC, _recency),
         Feature("user_train_events", "interaction rows (impressions included) of the user in the training window; "
                 "0 for users unknown to the catalogue", FeatureKind.NUMERIC, _user_events),
     ]
@@ -815,6 +819,7 @@ def assemble(
     if b == 0 or c == 0:
         return out
     for j, f in enumerate(feats):
+        checkpoint()  # under a serving deadline: stop here once the stage's budget has passed
         out[:, :, j] = f.fn(x)
     out[~x.valid] = np.nan
     return out

@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 
 
-from recsys.bundle import Bundle, data_fingerprint, load_bundle, write_bundle
+from recsys.bundle import Bundle, check_name, data_fingerprint, load_bundle, write_bundle
 from recsys.config import Config, ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog
 from recsys.data.schema import Dataset
@@ -320,12 +320,12 @@ def load_system(bundle: Bundle, name: str, catalog: Catalog | None = None, cache
     systems = bundle.manifest.get("systems", {})
     if name not in systems:
         raise ValueError(f"{bundle.path}: the bundle has no system {name!r}; systems: {sorted(systems)}")
-    catalog = catalog or load_catalog(bundle.path / "catalog")
+    catalog = catalog or load_catalog(bundle.stage_dir("catalog"))
     cache = {} if cache is None else cache
     entries = systems[name]["stages"]
 
     def get(e):
-        folder = e["folder"]
+        folder = check_name(e["folder"], f"{bundle.path}: manifest systems.{name}: stage folder")
         if folder not in cache:
             stage = stage_type(e["type"]).load_class().load(bundle.stage_dir(folder), catalog)
             stage.name = e["name"]
@@ -352,7 +352,7 @@ def load_systems(path: str | Path, names=None) -> dict[str, Engine]:
     """Every system of a bundle (or those ``names``), the engine first; stages shared between systems are
     loaded once."""
     bundle = load_bundle(path)
-    catalog = load_catalog(bundle.path / "catalog")
+    catalog = load_catalog(bundle.stage_dir("catalog"))
     cache: dict = {}
     have = list(bundle.manifest.get("systems", {}))
     want = [n for n in have if names is None or n in names]

@@ -18,12 +18,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
+MISSING_TIME = np.iinfo(np.int64).min  # Ragged.times of an event whose time is unknown (e.g. a served history)
+
+
 @dataclasses.dataclass
 class Ragged:
     """B variable-length rows stored flat (CSR-style): row b is ``values[indptr[b]:indptr[b+1]]``.
 
-    ``values`` (nnz,) int64 item indices; ``times`` (nnz,) int64 Unix seconds or None. Rows are in time order
-    (oldest first) when they hold a history.
+    ``values`` (nnz,) int64 item indices; ``times`` (nnz,) int64 Unix seconds or None; an entry whose time is
+    unknown holds :data:`MISSING_TIME`. Rows are in time order (oldest first) when they hold a history.
     """
 
     indptr: np.ndarray

@@ -12,14 +12,19 @@ Routes (see ``/docs`` or ``/openapi.json`` of a running server):
                            the route does not exist without a token: 404)
 
 Errors are JSON ``{"error": code, "message": ..., "request_id": ..., "detail": [...]}``:
-413 body too large, 422 invalid request (``detail`` names each field), 503 overloaded / not ready (with
-``Retry-After``), 504 deadline exceeded, 500 unexpected (logged with the request id; the server goes on).
+400 the body is not JSON (undecodable, a syntax error, NaN / Infinity, nested too deeply), 413 body too large,
+415 a body without ``Content-Type: application/json``, 422 invalid request (``detail`` names each field),
+503 overloaded / not ready (with ``Retry-After``), 504 deadline exceeded, 500 unexpected (logged with the
+request id; the server goes on).
 
 Execution: the engine is CPU-bound, so each admitted request runs on a worker thread of a pool with
 ``max_inflight`` threads (admission guarantees a free one); the event loop only parses, admits and answers,
 so health checks and 503s stay fast under load. The engine runs each stage within its deadline share (see
-:class:`recsys.engine.Deadline`); the loop additionally stops waiting at ``budget + grace_ms`` and answers 504,
-so no request waits longer than that.
+:class:`recsys.deadline.Deadline`); the loop additionally answers 504 itself, and no answer comes later
+than ``budget + grace_ms`` (the loop stops waiting at ``budget + grace_ms / 2``). Work that misses its budget
+is cancelled cooperatively (the stage stops at its next checkpoint, :mod:`recsys.deadline`) and keeps the
+request's admission ticket until it has stopped, so ``max_inflight`` bounds the work running, not only the
+requests waiting for an answer.
 
 This module deliberately does not use ``from __future__ import annotations``: FastAPI reads the endpoint
 annotations, and the request models are built per config inside :func:`create_app`.
@@ -41,11 +46,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recsys.engine import Deadline, DeadlineExceeded, Engine
+from recsys.deadline import Deadline, DeadlineExceeded
+from recsys.engine import Engine
 from serving.admission import Limiter
 from serving.encode import Encoded, build_requests, build_responses
 from serving.metrics import CONTENT_TYPE_LATEST
 from serving.middleware import ServiceMiddleware, error_body
+from serving.protocol import StrictJSONRoute
 from serving.schemas import (
     BatchRankResponse, ErrorResponse, HealthResponse, RankResponse, ReadyResponse, ReloadRequest, ReloadResponse,
     request_models,
@@ -59,10 +66,12 @@ ROUTES = {RANK, BATCH, "/healthz", "/readyz", "/metrics", "/admin/reload", "/doc
 _FROM_ENV = object()
 
 _ERRORS = {
+    400: "the body is not valid JSON: undecodable, a syntax error, NaN / Infinity literals, or nested too deeply",
     401: "admin route without a bearer token",
     403: "admin route with a wrong token",
     409: "another reload is in progress",
     413: "request body larger than max_body_bytes",
+    415: "a request body without `Content-Type: application/json`",
     422: "invalid request: `detail` names each invalid field (unknown fields, wrong types and limits included)",
     500: "unexpected server error (logged with the request id)",
     503: "overloaded (max_inflight requests in flight) or no model loaded yet; retry after Retry-After seconds",
@@ -114,6 +123,13 @@ def group_rows(engine: Engine, ks: Sequence[int]) -> list[tuple[int, np.ndarray]
     return groups
 
 
+def deadline_check(deadline: Deadline, spent: bool = False) -> None:
+    """Raise :class:`DeadlineExceeded` once the request was given up (504 sent), or with ``spent`` once its
+    budget is spent."""
+    if deadline.cancelled or (spent and deadline.remaining() <= 0):
+        raise DeadlineExceeded("the budget ran out before the request reached the engine")
+
+
 def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
     """The service over ``state`` (its ``cfg`` gives limits and budgets). ``admin_token``: the bearer token of
     the admin routes (default: the environment variable named by ``cfg.admin_token_env``; None or empty:
@@ -146,6 +162,7 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
         description=__doc__.split("\n\n", 1)[1].split("This module deliberately")[0],
         lifespan=lifespan,
     )
+    app.router.route_class = StrictJSONRoute  # NaN / Infinity / undecodable / too deep: 400 (serving.protocol)
     app.state.service = state
     app.state.limiter = limiter
 
@@ -163,7 +180,7 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return JSONResponse(error_body(codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail),
                                        _rid(request)), exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -171,6 +188,7 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
     def rank_job(cur: Loaded, reqs: Sequence[Any], deadline: Deadline, rid: str, t0: float, batch: bool) -> bytes:
         """On a worker thread: encode, rank (one engine call per k group), build and serialise the answer."""
         engine = cur.engine
+        deadline_check(deadline, spent=True)
         enc = build_requests(engine.catalog, reqs, int(time.time()))
         timings: dict[str, float] = {}
         out: list[dict | None] = [None] * len(reqs)
@@ -185,6 +203,7 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
             for i, resp in zip(rows, build_responses(engine.catalog, res, sub, sub_reqs, engine.version, timings,
                                                      rid)):
                 out[i] = resp
+        deadline_check(deadline)  # nobody waits for the answer any more: do not build it
         for name, ms in timings.items():
             metrics.stage_latency.labels(stage=name).observe(ms / 1000)
         timings["total"] = (time.perf_counter() - t0) * 1000
@@ -212,8 +231,13 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
         if cur is None:
             raise ServiceError(503, "not_ready", f"no model loaded yet ({state.status})",
                                {"Retry-After": str(cfg.retry_after_s)})
-        deadline = Deadline((timeout_ms or cfg.budget_ms) / 1000, dict(cfg.stage_shares), start=t0)
+        if timeout_ms is not None and timeout_ms < cur.min_timeout_ms:
+            loc = ["body", "timeout_ms"]
+            msg = (f"timeout_ms: {timeout_ms:g} ms can never be met by model {cur.engine.version}: at least "
+                   f"{cur.min_timeout_ms:g} ms (its measured retrieval cost over its share of the budget)")
+            raise RequestValidationError([{"loc": loc, "msg": msg.split(": ", 1)[1], "type": "less_than_floor"}])
         ticket = scope_state.get("ticket")
+        deadline = Deadline((timeout_ms or cfg.budget_ms) / 1000, dict(cfg.stage_shares), start=t0, holder=ticket)
 
         def job() -> bytes:
             try:
@@ -233,8 +257,10 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
         waiter = asyncio.wrap_future(fut)
         waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "exception not retrieved"
         try:
-            body = await asyncio.wait_for(asyncio.shield(waiter), timeout=max(deadline.remaining(), 0) + grace_s)
+            # stop waiting at budget + grace / 2: the other half is for the 504 to get out of a busy loop
+            body = await asyncio.wait_for(asyncio.shield(waiter), timeout=max(deadline.remaining(), 0) + grace_s / 2)
         except (DeadlineExceeded, asyncio.TimeoutError) as exc:
+            deadline.cancel()  # whatever still runs for this request stops at its next checkpoint
             metrics.deadline.inc()
             why = str(exc) if isinstance(exc, DeadlineExceeded) else "the engine did not answer in time"
             raise ServiceError(504, "deadline_exceeded",
@@ -242,18 +268,19 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
         except ServiceError:
             raise
         except Exception as exc:
+            deadline.cancel()
             metrics.errors.labels(kind=type(exc).__name__).inc()
             logger.exception("rank request %s failed", rid)
             raise ServiceError(500, "internal_error",
                                "unexpected server error; quote the request id when reporting it") from exc
         return Response(body, media_type="application/json")
 
-    @app.post(RANK, response_model=RankResponse, responses=_responses(413, 422, 500, 503, 504),
+    @app.post(RANK, response_model=RankResponse, responses=_responses(400, 413, 415, 422, 500, 503, 504),
               summary="Rank items for one user")
     async def rank(request: Request, body: RankRequest):
         return await rank_on_worker(request, [body], body.timeout_ms, batch=False)
 
-    @app.post(BATCH, response_model=BatchRankResponse, responses=_responses(413, 422, 500, 503, 504),
+    @app.post(BATCH, response_model=BatchRankResponse, responses=_responses(400, 413, 415, 422, 500, 503, 504),
               summary="Rank items for several users in one engine call")
     async def rank_batch(request: Request, body: BatchRankRequest):
         given = [t for t in [body.timeout_ms] + [r.timeout_ms for r in body.requests] if t is not None]
@@ -269,7 +296,7 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
                               "headers": _RETRY_HEADER}})
     async def readyz():
         if state.current is not None:
-            return {"status": "ready", "model_version": state.version}
+            return {"status": "ready", "model_version": state.version, "min_timeout_ms": state.current.min_timeout_ms}
         return JSONResponse({"status": state.status, "model_version": None, "message": state.error}, 503,
                             headers={"Retry-After": str(cfg.retry_after_s)})
 
@@ -289,8 +316,9 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
                 raise ServiceError(403, "forbidden", "wrong admin token")
 
         @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_admin)],
-                  responses=_responses(401, 403, 409, 422, 500, e422="invalid body, or the bundle was refused "
-                                       "(missing, corrupt, incompatible or failed its warm-up); the old one serves"),
+                  responses=_responses(400, 401, 403, 409, 413, 415, 422, 500,
+                                       e422="invalid body, or the bundle was refused (missing, corrupt, "
+                                            "incompatible or failed its warm-up); the old one serves"),
                   summary="Load and swap in a bundle")
         async def reload(request: Request, body: ReloadRequest | None = None):
             path = body.path if body is not None else None
@@ -303,5 +331,6 @@ def create_app(state: ServiceState, admin_token: Any = _FROM_ENV) -> FastAPI:
                     from None
 
     app.add_middleware(ServiceMiddleware, metrics=metrics, limiter=limiter, max_body_bytes=cfg.max_body_bytes,
-                       retry_after_s=cfg.retry_after_s, routes=ROUTES, admission={("POST", RANK), ("POST", BATCH)})
+                       retry_after_s=cfg.retry_after_s, routes=ROUTES, admission={("POST", RANK), ("POST", BATCH)},
+                       json_routes={("POST", RANK), ("POST", BATCH), ("POST", "/admin/reload")})
     return app

@@ -8,6 +8,16 @@ Light on purpose: only dataclasses, no FastAPI, no engine import, so :mod:`recsy
 from __future__ import annotations
 
 import dataclasses
+import os
+
+
+def default_max_inflight() -> int:
+    """Twice the CPUs this process may use, between 2 and 8 (see :class:`ServingConfig`)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(2, min(8, 2 * cpus))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,13 +28,23 @@ class ServingConfig:
     ``[min_timeout_ms, max_timeout_ms]``). Stage ``s`` may use at most ``stage_shares[s] * budget`` of what
     remains (a stage without a share may use all that remains; see :class:`recsys.engine.Deadline`). A
     scoring stage that runs out of time is skipped (``"<stage>:deadline"`` / ``"<stage>:timeout"`` in
-    ``degraded``); retrieval that runs out of time is a 504. ``grace_ms`` is the extra time the service waits
-    for the engine beyond the budget before answering 504 itself (the engine normally answers first).
+    ``degraded``); retrieval that runs out of time is a 504. No answer comes later than ``budget + grace_ms``:
+    the service stops waiting for the engine at ``budget + grace_ms / 2`` and answers 504 itself, keeping the
+    other half of the grace for the answer to leave a busy event loop (the engine normally answers first).
+    The smallest ``timeout_ms`` accepted is the larger of ``min_timeout_ms`` and the served model's measured
+    floor (``2 x retrieval cost / stage_shares["retrieval"]``, the retrieval cost being the fastest of three
+    warm-up requests, the factor 2 the margin for the HTTP path and jitter; shown by ``/readyz``): a shorter
+    timeout could never be met, so it is a 422 naming ``timeout_ms``, not a certain 504. A floor, not a
+    promise: under load an accepted timeout can still end in a 504.
 
-    Overload: at most ``max_inflight`` rank requests (single or batch) are admitted at a time; the next one is
-    answered 503 at once with ``Retry-After: retry_after_s`` (no queue). The default, 8, matches the engine's
-    stage thread pool (``recsys.engine``: 8 workers): with more requests in flight than workers, stage calls
-    queue inside the engine and spend their deadline waiting.
+    Overload: at most ``max_inflight`` rank requests (single or batch) hold work at a time; the next one is
+    answered 503 at once with ``Retry-After: retry_after_s`` (no queue). A request answered 504 keeps its slot
+    until its last stage call has actually stopped (stages stop cooperatively at their next checkpoint,
+    :mod:`recsys.deadline`), so the bound is on running work. The default is twice the CPUs this process may
+    use, at most 8 (the engine's stage thread pool, ``recsys.engine``: 8 workers; with more requests in flight
+    than workers, stage calls would queue inside the engine and spend their deadline waiting): the engine's
+    Python parts share one interpreter lock with the event loop, and more requests in flight than the cores
+    can run only slow each other and the loop down.
 
     Input limits: ``k`` in ``[1, max_k]``; at most ``max_history`` history events, ``max_exclude`` excluded
     items, ``max_context`` context entries per request and ``max_batch`` requests per batch; request bodies
@@ -43,13 +63,13 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     budget_ms: float = 250.0
-    min_timeout_ms: float = 10.0
+    min_timeout_ms: float = 50.0  # below this even a warm unloaded request can miss its budget
     max_timeout_ms: float = 5000.0
     stage_shares: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"retrieval": 0.6, "prerank": 0.4, "rank": 0.6}
     )
     grace_ms: float = 100.0
-    max_inflight: int = 8  # also the engine's stage thread pool size (recsys.engine._executor)
+    max_inflight: int = dataclasses.field(default_factory=lambda: default_max_inflight())
     retry_after_s: int = 1
     max_k: int = 100
     max_history: int = 500

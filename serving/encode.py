@@ -3,8 +3,14 @@ JSON responses. Shapes: B requests in a batch, K items per response, H history e
 
 External ids are matched exactly as typed (an int id never matches a string id); unknown ids map to the
 vocabulary's OOV index: an unknown user is a new user, unknown history / exclusion items are dropped (and
-counted). The service is stateless: a request's history is what the caller sent; a history event without a
-timestamp is taken to be at the request's time.
+counted). The service is stateless: a request's history is what the caller sent.
+
+History times, as offline: when every event of a history has a timestamp the history is sorted by time
+(stable, oldest first), so recency reads the latest engagement whatever order the caller used. Otherwise the
+history keeps the caller's order (oldest first, as documented) and an event without a timestamp has an unknown
+time (:data:`recsys.types.MISSING_TIME`): time-derived features take the missing-value path the models learned
+(``user_recency_days`` is NaN when the last event has no time), never the request time (a recency of 0 that
+offline data never produces).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 
 from recsys.data.catalog import Catalog
 from recsys.data.vocab import Vocab
-from recsys.types import Ragged, Requests, Results
+from recsys.types import MISSING_TIME, Ragged, Requests, Results
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +72,15 @@ class Encoded:
     ignored_exclude: np.ndarray
 
 
-def _event(h: Any, default_t: int) -> tuple[Any, int]:
-    if isinstance(h, (int, str)):
-        return h, default_t
-    return h.item_id, (h.timestamp if h.timestamp is not None else default_t)
+def _events(history: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """(item ids, times) of one request's history: time-sorted when every event has a timestamp, else in the
+    given order with :data:`MISSING_TIME` for the events without one."""
+    ids = [h if isinstance(h, (int, str)) else h.item_id for h in history]
+    times = [MISSING_TIME if isinstance(h, (int, str)) or h.timestamp is None else h.timestamp for h in history]
+    if MISSING_TIME not in times:
+        order = sorted(range(len(ids)), key=times.__getitem__)  # stable: ties keep the caller's order
+        ids, times = [ids[i] for i in order], [times[i] for i in order]
+    return ids, times
 
 
 def build_requests(catalog: Catalog, reqs: Sequence[Any], now: int) -> Encoded:
@@ -86,11 +97,10 @@ def build_requests(catalog: Catalog, reqs: Sequence[Any], now: int) -> Encoded:
     h_times: list[int] = []
     h_len = np.zeros(b, dtype=np.int64)
     for i, r in enumerate(reqs):
-        for h in r.history:
-            item, t = _event(h, int(ts[i]))
-            h_ids.append(item)
-            h_times.append(t)
-        h_len[i] = len(r.history)
+        ids, times = _events(r.history)
+        h_ids += ids
+        h_times += times
+        h_len[i] = len(ids)
     history, ignored_h = _ragged(catalog.items, h_ids, h_len, np.asarray(h_times, dtype=np.int64))
 
     e_ids = [x for r in reqs for x in r.exclude_item_ids]

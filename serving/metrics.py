@@ -12,7 +12,8 @@ Exposed at ``GET /metrics`` in the Prometheus text format:
     recsys_unknown_ids_total{field}                  counter   ids unknown to the model (user, history, exclude)
     recsys_errors_total{kind}                        counter   unexpected exceptions (500), by exception class
     recsys_reloads_total{outcome}                    counter   bundle reloads: ok / failed
-    recsys_model_info{version, path}                 info      the model being served
+    recsys_model_info{version}                       info      the model being served (its version only: the
+                                                               bundle's location on disk is not exposed)
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class ServiceMetrics:
         for outcome in ("ok", "failed"):
             self.reloads.labels(outcome=outcome)  # expose zeros before the first reload
 
-    def set_model(self, version: str, path: str) -> None:
-        self.model.info({"version": version, "path": path})
+    def set_model(self, version: str) -> None:
+        self.model.info({"version": version})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

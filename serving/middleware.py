@@ -6,10 +6,12 @@ For every HTTP request, in this order:
    one), returned in the ``X-Request-ID`` header and in every error body;
 2. ``Content-Length`` above ``max_body_bytes`` -> 413 at once, before reading the body; a body without a
    length (chunked) is counted while it is read and the request fails with 413 once it passes the limit;
-3. on the admission routes (rank), a :class:`~serving.admission.Ticket`: none left -> 503 with
+3. on the JSON routes, a body without a JSON ``Content-Type`` -> 415 naming the header
+   (:func:`serving.protocol.json_media_type_error`);
+4. on the admission routes (rank), a :class:`~serving.admission.Ticket`: none left -> 503 with
    ``Retry-After`` at once (no queue; the body is not read);
-4. any exception escaping the app -> a JSON 500 with the request id (logged, counted); the server goes on;
-5. request count by (route template, status) and wall time by route.
+5. any exception escaping the app -> a JSON 500 with the request id (logged, counted); the server goes on;
+6. request count by (route template, status) and wall time by route.
 
 Pure ASGI (no BaseHTTPMiddleware), so it adds no task or copy per request.
 """
@@ -27,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.admission import Limiter
 from serving.metrics import ServiceMetrics
+from serving.protocol import json_media_type_error
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ async def send_json(send: Send, status: int, body: dict, headers: dict[str, str]
 
 class ServiceMiddleware:
     """See the module docstring. ``routes``: path -> metric label (others are labelled ``other``);
-    ``admission``: the (method, path) pairs that take a ticket from ``limiter``."""
+    ``admission``: the (method, path) pairs that take a ticket from ``limiter``; ``json_routes``: the (method,
+    path) pairs whose body must be JSON."""
 
     def __init__(
         self,
@@ -68,6 +72,7 @@ class ServiceMiddleware:
         retry_after_s: int,
         routes: set[str],
         admission: set[tuple[str, str]],
+        json_routes: set[tuple[str, str]] = frozenset(),
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -76,6 +81,7 @@ class ServiceMiddleware:
         self.retry_after = str(retry_after_s)
         self.routes = routes
         self.admission = admission
+        self.json_routes = json_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +112,11 @@ class ServiceMiddleware:
                 await send_json(send_with_id, 413, error_body(
                     "body_too_large", f"request body is larger than {self.max_body} bytes", rid))
                 return
+            if (scope.get("method"), path) in self.json_routes:
+                why = json_media_type_error(headers)
+                if why is not None:
+                    await send_json(send_with_id, 415, error_body("unsupported_media_type", why, rid))
+                    return
             if (scope.get("method"), path) in self.admission:
                 ticket = self.limiter.try_acquire()
                 if ticket is None:

@@ -42,14 +42,16 @@ def request_models(cfg: ServingConfig) -> RequestModels:
     Scalar = Union[bool, INT64, float, Annotated[str, StringConstraints(max_length=cfg.max_id_length)], None]
     Timeout = Annotated[float, Field(ge=cfg.min_timeout_ms, le=cfg.max_timeout_ms,
                                      description="this request's time budget in milliseconds "
-                                                 f"(default {cfg.budget_ms:g})")]
+                                                 f"(default {cfg.budget_ms:g}); also at least the served "
+                                                 "model's measured floor (GET /readyz: min_timeout_ms), else 422")]
 
     class HistoryEvent(BaseModel):
         """One past engagement of the user: the item and, optionally, when (Unix seconds)."""
 
         model_config = _STRICT
         item_id: Id
-        timestamp: UNIX_S | None = Field(None, description="default: the request's timestamp")
+        timestamp: UNIX_S | None = Field(None, description="when it happened; without it the event's time is "
+                                         "unknown (time-derived features take their missing-value path)")
 
     class RankRequest(BaseModel):
         """Rank the catalogue for one user.
@@ -67,7 +69,8 @@ def request_models(cfg: ServingConfig) -> RequestModels:
         context: Annotated[dict[Key, Scalar], Field(max_length=cfg.max_context)] = Field(
             default_factory=dict, description="request context columns of the dataset, e.g. hour, device")
         history: Annotated[list[Union[Id, HistoryEvent]], Field(max_length=cfg.max_history)] = Field(
-            default_factory=list, description="the user's latest engagements, oldest first")
+            default_factory=list, description="the user's latest engagements, oldest first (sorted by time "
+                                              "when every event has a timestamp)")
         exclude_item_ids: Annotated[list[Id], Field(max_length=cfg.max_exclude)] = Field(
             default_factory=list, description="items never to return")
         timestamp: UNIX_S | None = Field(None, description="request time (default: now)")
@@ -143,6 +146,7 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "loading", "failed"]
     model_version: str | None = None
+    min_timeout_ms: float | None = Field(None, description="the smallest timeout_ms the served model accepts")
     message: str | None = None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from serving.encode import build_requests
 from serving.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
+
+FLOOR_MARGIN = 2.0  # the timeout floor: this many times the retrieval cost over its share (ServingConfig)
 
 
 def set_threads(n: int) -> None:
@@ -60,6 +63,7 @@ class Loaded:
     engine: Engine
     source: str
     loaded_at: float
+    min_timeout_ms: float = 0.0  # the smallest timeout_ms this engine accepts (ServingConfig: measured floor)
 
 
 def _id_kind(ids: np.ndarray) -> str:
@@ -68,12 +72,15 @@ def _id_kind(ids: np.ndarray) -> str:
     return "int" if np.asarray(ids).dtype.kind in "iu" else "str"
 
 
-def warm_up(engine: Engine, n: int) -> None:
+def warm_up(engine: Engine, n: int) -> float | None:
     """Rank ``n`` requests (known users, an unknown user, with and without history) twice through the same
     encoding path as real requests, so lazily built state (thread pools, torch kernels, FAISS) is ready before
-    the engine serves; checks the results' shapes. Raises on any failure."""
+    the engine serves; checks the results' shapes. Raises on any failure.
+
+    Returns the retrieval cost of one request in milliseconds: the fastest of 3 single-request calls (the
+    first warm-up request alone), the time a request's retrieval needs at the least; None when ``n`` is 0."""
     if n <= 0:
-        return
+        return None
     cat = engine.catalog
     if cat is None:
         raise ValueError("engine has no catalogue (external ids cannot be mapped)")
@@ -98,6 +105,13 @@ def warm_up(engine: Engine, n: int) -> None:
             raise ValueError(f"warm-up: Engine.rank returned items of shape {res.items.shape}, expected {(n, k)}")
         if res.items.max(initial=-1) >= cat.n_items:
             raise ValueError("warm-up: Engine.rank returned item indices outside the catalogue")
+    one = enc.requests.take(np.arange(1))
+    costs = []
+    for _ in range(3):
+        timings: dict[str, float] = {}
+        engine.rank(one, k, timings=timings)
+        costs.append(timings["retrieval"])
+    return min(costs)
 
 
 class ServiceState:
@@ -142,13 +156,21 @@ class ServiceState:
 
     def install(self, engine: Engine, source: str, warmup: bool = True) -> None:
         """Warm up ``engine`` and make it the served one (used by tests and by :meth:`reload`)."""
+        floor = self.cfg.min_timeout_ms
         if warmup:
-            warm_up(engine, self.cfg.warmup_requests)
-        loaded = Loaded(engine, source, time.time())
+            retrieval_ms = warm_up(engine, self.cfg.warmup_requests)
+            if retrieval_ms is not None:
+                share = self.cfg.stage_shares.get("retrieval", 1.0)
+                floor = max(floor, float(math.ceil(FLOOR_MARGIN * retrieval_ms / share)))
+                if floor > self.cfg.budget_ms:
+                    logger.warning("model %s: retrieval alone takes %.1f ms; the default budget_ms %g cannot be "
+                                   "met (every request without a longer timeout_ms will answer 504)",
+                                   engine.version, retrieval_ms, self.cfg.budget_ms)
+        loaded = Loaded(engine, source, time.time(), floor)
         with self._swap_lock:
             self._current = loaded  # the atomic swap: one reference assignment
             self.status, self.error = "ready", None
-        self.metrics.set_model(engine.version or "", source)
+        self.metrics.set_model(engine.version or "")
         logger.info("serving model version %s from %s", engine.version, source)
 
     # -- loading --------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import read_dataset
 from recsys.data.split import split_dataset
 from recsys.data.synthetic import synthesize
-from recsys.retrieval.sources import Candidates
 from recsys.stages.base import STAGES
 from recsys.training import load_systems, train_engine
 

@@ -5,7 +5,8 @@ Covers: answers equal in-process ``Engine.rank``; cold start; batch == single re
 deadlines (a slow scoring stage -> degraded 200 within the budget; slow retrieval -> 504 within the budget);
 overload (503 + Retry-After without queueing); unexpected errors (500 JSON, server goes on); hot reload of a
 good bundle under a request stream (no failed request) and refusal of tampered / incompatible ones;
-the ``latest`` watcher; admin auth; readiness; Prometheus counts; OpenAPI; a hypothesis fuzz finding no 5xx.
+the ``latest`` watcher; bundles reaching outside themselves refused; admin auth; readiness; Prometheus counts;
+OpenAPI; a hypothesis fuzz finding no 5xx.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,89 +22,38 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
+
+from serving_support import (  # tests/serving_support.py
+    T_REQ, TOKEN, LiveServer, RequestStream, SlowRetrieval, SlowStage, direct, item_ids, known_users, metric,
+    new_version, point_latest, recsys_serve, serve_engine,
+)
 
 from recsys.engine import Engine
-from recsys.types import Ragged, Requests
 from serving.app import create_app
 from serving.config import ServingConfig
 from serving.schemas import BatchRankResponse, RankResponse
-from serving.state import ServiceState
+from serving.state import ReloadRefused, ServiceState
 
 torch.set_num_threads(1)
 
-TOKEN = "test-admin-token"
-T_REQ = 1_720_000_000
-TRAIN_OVERRIDES = ["retrieval.two_tower.max_epochs=2", "retrieval.refit=false", "systems=[engine]"]
-
 
 # --------------------------------------------------------------------------------------------------------
-# Fixtures and helpers
+# Fixtures
 # --------------------------------------------------------------------------------------------------------
 
 
-def make_bundle(tmp: Path) -> Path:
-    from recsys.config import load_config
-    from recsys.data.schema import read_dataset
-    from recsys.data.synthetic import synthesize
-    from recsys.training import train_engine
-
-    synthesize("tiny", 0, tmp / "data")
-    train_engine(read_dataset(tmp / "data"), load_config(None, TRAIN_OVERRIDES), tmp / "art")
-    return tmp / "art"
+@pytest.fixture(scope="module")
+def bundle(serving_bundle) -> Path:
+    return serving_bundle
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("serving"))
-
-
-@pytest.fixture(scope="module")
-def engine(bundle) -> Engine:
-    from recsys.training import load_engine
-
-    return load_engine(bundle)
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on a pre-bound loopback socket in a background thread."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        t0 = time.monotonic()
-        while not self.server.started:
-            assert time.monotonic() - t0 < 10, "server did not start"
-            time.sleep(0.01)
-        self.client = httpx.Client(base_url=self.url, timeout=10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-def serve_engine(engine: Engine, token: str | None = None, **cfg) -> LiveServer:
-    state = ServiceState(ServingConfig(**cfg))
-    state.install(engine, "test", warmup=False)
-    return LiveServer(create_app(state, admin_token=token))
+def engine(serving_engine) -> Engine:
+    return serving_engine
 
 
 @pytest.fixture(scope="module")
@@ -113,71 +62,6 @@ def server(bundle):
     state.load_initial()
     with LiveServer(create_app(state, admin_token=TOKEN)) as srv:
         yield srv
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
-
-
-def direct(engine: Engine, user_id, history: list, exclude: list, k: int) -> list:
-    """The same request ranked in-process through Engine.rank, built independently of serving.encode."""
-    cat = engine.catalog
-    h = cat.items.encode(np.asarray(history, dtype=np.int64)) if history else np.zeros(0, np.int64)
-    h = h[h < cat.items.oov]
-    e = cat.items.encode(np.asarray(exclude, dtype=np.int64)) if exclude else np.zeros(0, np.int64)
-    e = e[e < cat.items.oov]
-    req = Requests(users=cat.users.encode(np.array([user_id])), timestamps=np.array([T_REQ]),
-                   history=Ragged(np.array([0, len(h)]), h, np.full(len(h), T_REQ)),
-                   exclude=Ragged(np.array([0, len(e)]), e), user_ids=np.array([user_id]))
-    res = engine.rank(req, k)
-    row = res.items[0]
-    return cat.items.decode(row[row >= 0]).tolist()
-
-
-class SlowStage:
-    """A scoring stage that sleeps ``delay`` seconds before scoring."""
-
-    def __init__(self, stage, delay: float) -> None:
-        self.stage, self.delay, self.name = stage, delay, stage.name
-
-    def score(self, requests, candidates):
-        time.sleep(self.delay)
-        return self.stage.score(requests, candidates)
-
-
-class SlowRetrieval:
-    """The retrieval stage, sleeping ``delay`` seconds (or raising ``error``) before retrieving."""
-
-    def __init__(self, stage, delay: float = 0.0, error: Exception | None = None) -> None:
-        self._stage, self._delay, self._error = stage, delay, error
-
-    def __getattr__(self, name):
-        return getattr(self._stage, name)
-
-    def _wait(self):
-        time.sleep(self._delay)
-        if self._error is not None:
-            raise self._error
-
-    def retrieve(self, *args, **kwargs):
-        self._wait()
-        return self._stage.retrieve(*args, **kwargs)
-
-    def rank(self, *args, **kwargs):
-        self._wait()
-        return self._stage.rank(*args, **kwargs)
-
-
-def known_users(engine: Engine, n: int) -> list:
-    return engine.catalog.users.ids[:n].tolist()
-
-
-def item_ids(engine: Engine, idx) -> list:
-    return engine.catalog.items.ids[np.asarray(idx)].tolist()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -292,7 +176,7 @@ def test_batch_limits(server):
     r = server.client.post("/v1/rank/batch", json=many)
     assert r.status_code == 422 and "requests" in r.json()["message"]
     r = server.client.post("/v1/rank", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error"] == "invalid_json"
 
 
 def test_oversized_body_is_413_by_length_and_while_reading(server):
@@ -440,58 +324,6 @@ def test_readyz_is_503_until_the_bundle_is_loaded(bundle):
         assert srv.client.post("/v1/rank", json={"user_id": 1}).status_code == 200
 
 
-def new_version(art: Path, name: str, tamper: str | None = None, src: Path | None = None) -> Path:
-    """A copy of ``src`` (default: the latest version) under a new version name (a valid bundle), optionally
-    tampered with."""
-    src = src or (art / "latest").resolve()
-    dst = art / name
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["version"] = name
-    if tamper == "format":
-        manifest["format_version"] = 99
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    if tamper == "bytes":
-        p = dst / "retrieval" / "popularity.npy"
-        data = bytearray(p.read_bytes())
-        data[-1] ^= 0xFF
-        p.write_bytes(bytes(data))
-    return dst
-
-
-def point_latest(art: Path, name: str) -> None:
-    tmp = art / ".latest.tmp-test"
-    os.symlink(name, tmp)
-    os.replace(tmp, art / "latest")
-
-
-class RequestStream:
-    """Requests sent back to back from a thread until stopped; records every status and model version."""
-
-    def __init__(self, url: str, body: dict) -> None:
-        self.url, self.body = url, body
-        self.statuses: list[int] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as c:
-            while not self._stop.is_set():
-                r = c.post("/v1/rank", json=self.body)
-                self.statuses.append(r.status_code)
-                if r.status_code == 200:
-                    self.versions.append(r.json()["model_version"])
-
-    def __enter__(self) -> "RequestStream":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @pytest.fixture()
 def own_bundle(bundle, tmp_path) -> Path:
     """A private copy of the bundle folder (these tests move its `latest`)."""
@@ -537,6 +369,45 @@ def test_reload_swaps_version_with_no_failed_request_and_refuses_bad_bundles(own
         assert metric(text, "recsys_reloads_total", outcome="ok") == 2  # initial load + the good reload
         assert metric(text, "recsys_reloads_total", outcome="failed") == 3
         assert metric(text, "recsys_model_info", version=good.name) == 1
+
+
+def escaping_version(art: Path, name: str, how: str, outside: Path) -> Path:
+    """A version whose popularity.npy is read from ``outside`` (an identical copy, so checksums alone pass):
+    through a ``..`` manifest entry, an absolute one, or a symlink."""
+    import hashlib
+
+    dst = new_version(art, name)
+    real = dst / "retrieval" / "popularity.npy"
+    shutil.copyfile(real, outside)
+    m = json.loads((dst / "manifest.json").read_text())
+    meta = m["files"]["retrieval/popularity.npy"]
+    assert meta["sha256"] == hashlib.sha256(outside.read_bytes()).hexdigest()
+    if how == "symlink":
+        real.unlink()
+        real.symlink_to(outside)
+    else:
+        entry = os.path.relpath(outside, dst) if how == "dotdot" else str(outside)
+        m["files"][entry] = meta
+        (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.mark.parametrize("how, why", [("dotdot", "'..'"), ("absolute", "absolute path"), ("symlink", "symlink")])
+def test_bundles_reaching_outside_are_refused_at_start_and_on_reload(own_bundle, tmp_path, how, why):
+    bad = escaping_version(own_bundle, f"20990106T000000Z-{how}", how, tmp_path / "outside.npy")
+    with pytest.raises(ReloadRefused, match=why):
+        ServiceState(ServingConfig(), bad).load_initial()
+    state = ServiceState(ServingConfig(budget_ms=2000), own_bundle)
+    state.load_initial()
+    old = state.version
+    with LiveServer(create_app(state, admin_token=TOKEN)) as srv:
+        with RequestStream(srv.url, {"user_id": "u", "k": 5}) as stream:
+            time.sleep(0.1)
+            r = srv.client.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"},
+                                json={"path": str(bad)})
+            time.sleep(0.1)
+        assert r.status_code == 422 and r.json()["error"] == "bundle_refused" and why in r.json()["message"]
+        assert stream.statuses and set(stream.statuses) == {200} and set(stream.versions) == {old}
 
 
 def test_watcher_follows_latest(own_bundle):
@@ -613,8 +484,8 @@ def test_openapi_documents_limits_and_errors(server):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Fuzz: no request shape makes the server answer 5xx (schemathesis is not installed; hypothesis generates
-# bodies mixing valid fields, limit-breaking values and arbitrary JSON)
+# Fuzz: no request shape makes the server answer 5xx (hypothesis generates bodies mixing valid fields,
+# limit-breaking values and arbitrary JSON; tests/test_serving_schemathesis.py generates them from the schema)
 # --------------------------------------------------------------------------------------------------------
 
 _json = st.recursive(
@@ -673,10 +544,19 @@ _bodies = st.one_of(
 @given(case=_bodies)
 def test_fuzz_never_5xx(server, case):
     route, body = case
-    r = server.client.post(route, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    data = json.dumps(body).encode()
+    r = server.client.post(route, content=data, headers={"content-type": "application/json"})
     assert r.status_code < 500, (route, body, r.text)
-    assert r.status_code in (200, 422), (route, body, r.text)
-    if r.status_code == 200:
+    # json.dumps writes NaN / Infinity for non-finite floats: not JSON, a 400; anything else parses
+    not_json = False
+    try:
+        json.loads(data, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    except ValueError:
+        not_json = True
+    assert r.status_code == (400 if not_json else r.status_code) and r.status_code in (200, 400, 422), (body, r.text)
+    if r.status_code == 400:
+        assert not_json and r.json()["error"] == "invalid_json", (body, r.text)
+    elif r.status_code == 200:
         (RankResponse if route == "/v1/rank" else BatchRankResponse).model_validate(r.json())
     else:
         assert r.json()["error"] == "invalid_request" and r.json()["detail"]
@@ -688,42 +568,14 @@ def test_fuzz_never_5xx(server, case):
 
 
 def test_recsys_serve_command(bundle, tmp_path):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    env = {**os.environ, "RECSYS_ADMIN_TOKEN": TOKEN, "OMP_WAIT_POLICY": "PASSIVE"}
-    log = open(tmp_path / "serve.log", "w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli", "-q", "serve", "--bundle", str(bundle), "--port", str(port),
-         "--set", "serving.budget_ms=1500", "--set", "serving.max_k=20"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() - t0 < 60, "recsys serve did not become ready"
-            time.sleep(0.2)
+    log = tmp_path / "serve.log"
+    with recsys_serve(bundle, log, ("--set", "serving.budget_ms=1500", "--set", "serving.max_k=20"),
+                      {"RECSYS_ADMIN_TOKEN": TOKEN}) as (proc, url):
         r = httpx.post(url + "/v1/rank", json={"user_id": "x", "k": 5})
         assert r.status_code == 200 and r.json()["degraded"] == ["cold_start"]
         assert httpx.post(url + "/v1/rank", json={"user_id": "x", "k": 21}).status_code == 422  # max_k from --set
         assert httpx.post(url + "/admin/reload", headers={"authorization": f"Bearer {TOKEN}"}).json()["status"] \
             == "unchanged"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status: killed by SIGTERM)
     assert proc.returncode in (0, -signal.SIGTERM), (tmp_path / "serve.log").read_text()
     assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()

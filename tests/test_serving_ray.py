@@ -26,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_serve_answers_like_the_plain_server(tmp_path):
+def test_ray_serve_answers_like_the_plain_server(serving_bundle):
     import ray
     from ray import serve
 
@@ -36,9 +36,9 @@ def test_ray_serve_answers_like_the_plain_server(tmp_path):
     from serving.config import ServingConfig
     from serving.ray_serve import deploy
     from serving.state import ServiceState
-    from test_serving import LiveServer, make_bundle
+    from serving_support import LiveServer
 
-    art = make_bundle(tmp_path)
+    art = serving_bundle
     cfg = ServingConfig(budget_ms=3000, warmup_requests=2)
     state = ServiceState(cfg, art)
     state.load_initial()

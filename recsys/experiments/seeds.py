@@ -19,7 +19,6 @@ Shapes: S seeds, B users.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 

@@ -61,6 +61,7 @@ import pandas as pd
 from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset
+from recsys.deadline import checkpoint
 from recsys.features import CANDIDATE_SOURCE_FEATURES, STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, \
     FeatureKind, assemble, available_features, resolve
 from recsys.graph import GraphConfig
@@ -539,6 +540,7 @@ class PrerankStage:
         if not valid.any():
             return {"score": out}
         x = assemble(requests, candidates, self.ctx, self.feature_names)
+        checkpoint()  # under a serving deadline: stop here once the stage's budget has passed
         out[valid] = self.booster.predict(x[valid], num_threads=self.cfg.num_threads)
         return {"score": out}
 

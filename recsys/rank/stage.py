@@ -136,6 +136,7 @@ from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
+from recsys.deadline import checkpoint
 from recsys.retrieval.sources import select_columns
 from recsys.features import (STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble,
                              available_features, resolve)
@@ -1028,6 +1029,7 @@ class RankStage:
             b, c = np.nonzero(valid)
             users = request_user_ids(requests, self.ctx.catalog)
             hist = self.enc.history(requests)[b] if self.enc.history_len > 0 else None
+            checkpoint()  # under a serving deadline: stop here once the stage's budget has passed
             q, _ = self._predict(x[b, c], users[b], items[b, c], hist)
             for j, t in enumerate(self.outputs):
                 probs[t][b, c] = q[:, j]

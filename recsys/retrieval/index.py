@@ -227,12 +227,17 @@ class AnnIndex:
         return self._vectors
 
     def _exact_index(self):
-        if self._exact is None:
+        """The exhaustive IndexFlatIP over the vectors, built on first use. Built completely, then published
+        with one assignment: a concurrent caller sees None (and builds its own) or the full index, never a
+        half-filled one."""
+        exact = self._exact
+        if exact is None:
             import faiss
 
-            self._exact = faiss.IndexFlatIP(self.dim)
-            self._exact.add(self.vectors())
-        return self._exact
+            exact = faiss.IndexFlatIP(self.dim)
+            exact.add(self.vectors())
+            self._exact = exact
+        return exact
 
     def search(self, queries: np.ndarray, k: int, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k inner products per query.

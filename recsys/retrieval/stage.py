@@ -38,10 +38,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys.bundle import check_name
 from recsys.configlib import from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
+from recsys.deadline import checkpoint
 from recsys.retrieval.config import RetrievalConfig, TwoTowerConfig
 from recsys.graph.pagerank import GraphSource
 from recsys.io import read_stage_meta
@@ -485,7 +487,9 @@ class RetrievalStage:
         outs = {"ann": ann.candidates(req, max(k, self.cfg.ann_k))}
         extra_sources = self.extra_sources if extra else {}
         for name, (src, _) in extra_sources.items():
+            checkpoint()  # under a serving deadline: stop here once the stage's budget has passed
             outs[name] = src.candidates(req, k)
+        checkpoint()
         outs["popularity"] = self.popularity.candidates(req, k)
         if quotas is None:
             pop_q = int(round(self.cfg.popularity_share * k))
@@ -585,6 +589,7 @@ class RetrievalStage:
         for name, spec in (json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}).items():
             if spec.get("type") != "graph":
                 raise ValueError(f"{sources_path}: source {name!r} has unknown type {spec.get('type')!r}")
+            check_name(name, f"{sources_path}: source name")  # joined into a path below: must stay inside
             src = GraphSource.load(folder / "sources" / name)
             if src.n_items != catalog.n_items:
                 raise ValueError(f"{folder / 'sources' / name}: graph of {src.n_items} items, catalogue {catalog.n_items}")
