@@ -35,8 +35,20 @@ class ConfigError(ValueError):
 
 
 class SplitMethod(str, enum.Enum):
-    TEMPORAL = "temporal"  # global cut-offs in time shared by all users (default, leak-free)
+    AUTO = "auto"  # temporal when the dataset has timestamps, else random_holdout (the default)
+    TEMPORAL = "temporal"  # global cut-offs in time shared by all users (leak-free)
     LEAVE_LAST_N = "leave_last_n"  # per user: the last n events go to the last window, and so on backwards
+    RANDOM_HOLDOUT = "random_holdout"  # per user: events drawn at random into the windows by their fractions
+
+    def resolve(self, has_timestamps: bool) -> "SplitMethod":
+        """The concrete method: ``auto`` is ``temporal`` on a dataset with timestamps, else ``random_holdout``."""
+        if self is SplitMethod.AUTO:
+            return SplitMethod.TEMPORAL if has_timestamps else SplitMethod.RANDOM_HOLDOUT
+        return self
+
+
+#: split methods that read the timestamps as time (refused on an untimed log)
+TEMPORAL_METHODS = (SplitMethod.TEMPORAL, SplitMethod.LEAVE_LAST_N)
 
 
 class SplitBasis(str, enum.Enum):
@@ -55,11 +67,14 @@ class SplitConfig:
     ``train`` (retrieval) -> ``prerank`` (pre-ranker) -> ``rank`` (heavy ranker) -> ``test``.
     ``cutoffs`` (optional, temporal only) gives explicit timestamps instead of fractions: len(windows) - 1
     increasing Unix seconds. ``leave_last_n`` puts each user's last ``n`` events in the last window, the ``n``
-    before in the one before, and the rest in the first window. ``kcore`` > 0 keeps only users and items with
-    at least that many interactions (iterated to a fixed point) before splitting.
+    before in the one before, and the rest in the first window. ``random_holdout`` draws each user's events at
+    random (``seed``) into the windows so that each window holds its fraction of every user's events (the
+    protocol for logs without timestamps; not leak-free). ``auto`` (default) is ``temporal`` on a dataset with
+    timestamps and ``random_holdout`` on an untimed one. ``kcore`` > 0 keeps only users and items with at least
+    that many interactions (iterated to a fixed point) before splitting.
     """
 
-    method: SplitMethod = SplitMethod.TEMPORAL
+    method: SplitMethod = SplitMethod.AUTO
     basis: SplitBasis = SplitBasis.SPAN
     windows: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"train": 0.70, "prerank": 0.10, "rank": 0.10, "test": 0.10}
@@ -67,18 +82,19 @@ class SplitConfig:
     cutoffs: tuple[int, ...] = ()
     n: int = 1
     kcore: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if len(self.windows) < 2:
             raise ConfigError(f"split.windows: need at least 2 windows, got {list(self.windows)}")
         if any(not (0.0 < f < 1.0) for f in self.windows.values()):
             raise ConfigError(f"split.windows: each fraction must be in (0, 1), got {self.windows}")
-        if self.method is SplitMethod.TEMPORAL and not self.cutoffs:
+        if self.method is not SplitMethod.LEAVE_LAST_N and not self.cutoffs:
             total = sum(self.windows.values())
             if abs(total - 1.0) > 1e-6:
                 raise ConfigError(f"split.windows: fractions must sum to 1, got {total:.6f} ({self.windows})")
         if self.cutoffs:
-            if self.method is not SplitMethod.TEMPORAL:
+            if self.method not in (SplitMethod.TEMPORAL, SplitMethod.AUTO):
                 raise ConfigError("split.cutoffs: only valid with split.method = temporal")
             if len(self.cutoffs) != len(self.windows) - 1:
                 raise ConfigError(
