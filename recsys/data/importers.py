@@ -83,6 +83,7 @@ __all__ = [
     "import_movielens_latest",
     "import_movietweetings",
     "import_csv",
+    "import_frame",
     "import_parquet",
     "load_mapping",
 ]
@@ -1073,6 +1074,27 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
         raise TypeError(f"import_generic: mapping must be an ImportMapping, got {type(mapping).__name__}")
     path = Path(path)
     log = _read_generic(path, fmt, mapping)
+    return _import_log(log, fmt, mapping, mapping.name or (path.stem if path.is_file() else path.name), path.name)
+
+
+def import_frame(frame: pd.DataFrame, *, mapping: ImportMapping | None = None, **fields: Any) -> Dataset:
+    """A pandas DataFrame of interactions -> Dataset, with ``mapping`` or the :class:`ImportMapping` fields as
+    keywords, checked as a file would be (errors name the column and the 0-based row). ``users_file`` /
+    ``items_file`` do not apply: user and item features come from the frame itself."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"import_frame: expected a pandas DataFrame, got {type(frame).__name__}")
+    mapping = _mapping(mapping, fields)
+    if mapping.users_file or mapping.items_file:
+        raise ConfigError("users_file/items_file: not for a DataFrame (features are read from the frame itself)")
+    if len(frame) == 0:
+        raise DatasetError("DataFrame: no rows")
+    name = mapping.name or "dataframe"
+    log = _Table(Path(f"DataFrame {name!r}"), frame.reset_index(drop=True), None, None)
+    return _import_log(log, "dataframe", mapping, name, "DataFrame")
+
+
+def _import_log(log: _Table, fmt: str, mapping: ImportMapping, name: str, source: str) -> Dataset:
+    """The canonical dataset of a read log (see :func:`import_generic`)."""
     tcol = _time_column(log, mapping)
     needed = {"user": mapping.user, "item": mapping.item}
     if tcol is not None:
@@ -1103,7 +1125,7 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
     inter: dict[str, Any] = {"user_id": uids[0], "item_id": iids[0], "timestamp": ts}
     specs = dict(_BASE_INTERACTIONS)
     if tcol is None:
-        specs["timestamp"] = col("timestamp", description=f"row position in {path.name} (the log has no times)")
+        specs["timestamp"] = col("timestamp", description=f"row position in {source} (the log has no times)")
     if mapping.rating is not None:
         rating = _numbers(log, mapping.rating, "rating")
         if mapping.rating_range is not None:
@@ -1141,13 +1163,13 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
         items = (_side_frame(items_t, mapping.item, iids[1], mapping.item_features, "item", interactions["item_id"])
                  if items_t else _log_frame(log, iids[0], ts, mapping.item_features, "item"))
     schema = make_schema(
-        mapping.name or (path.stem if path.is_file() else path.name),
+        name,
         specs,
         positive_label=positive,
         users=_feature_specs(mapping.user_features, "user") if users is not None else None,
         items=_feature_specs(mapping.item_features, "item") if items is not None else None,
         has_impressions=bool((interactions[positive] == 0).any()),
-        source=f"{fmt}: {path.name}",
+        source=f"{fmt}: {source}",
         has_timestamps=tcol is not None,
     )
     return _finish(Dataset(schema=schema, interactions=interactions, users=users, items=items))
