@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-# the engine, the two-tower alone, the pre-ranker alone, the baselines and the oracle; no ablation-only model
+# the engine, the two-tower alone, the baselines and the oracle; no ablation-only model (about 3 minutes)
 demo: install
 	$(BIN)/recsys demo --out $(DEMO_DIR)
 

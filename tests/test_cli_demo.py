@@ -16,7 +16,7 @@ def test_the_quick_demo_trains_no_ablation_model_and_prints_the_engine(tmp_path,
     assert "| engine |" in printed and "funnel (engine)" in printed and "calibration of the heavy ranker" in printed
     assert "make demo-full" in printed
     m = json.loads((out / "report" / "metrics.json").read_text())
-    assert set(m["systems"]) == {"engine", "retrieval_only", "prerank_only", "oracle", "random", "popularity",
+    assert set(m["systems"]) == {"engine", "retrieval_only", "oracle", "random", "popularity",
                                  "itemknn", "svd", "ease"}
     bundle = out / "artifacts" / "demo" / "latest"
     assert {p.name for p in bundle.iterdir() if p.is_dir()} == {"catalog", "retrieval", "prerank", "rank"}
