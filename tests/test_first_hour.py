@@ -20,8 +20,7 @@ from recsys.validate import check_config, derive_gains
 
 # sizes only: every other setting is the built-in default
 SMALL = ["retrieval.two_tower.max_epochs=2", "retrieval.two_tower.dim=16", "retrieval.two_tower.emb_dim=16",
-         "retrieval.two_tower.threads=1", "prerank.n_estimators=15", "prerank.ablate_graph=false",
-         "rank.train.max_epochs=2", "rank.ablate_upstream=false", "engine.retrieve_k=60", "engine.prerank_k=20",
+         "retrieval.two_tower.threads=1", "prerank.n_estimators=15", "rank.train.max_epochs=2",
          "eval.bootstrap_samples=20"]
 
 
@@ -70,7 +69,7 @@ def test_import_train_and_evaluate_each_shape_with_default_settings(tmp_path, sh
     capsys.readouterr()
     assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "b"), *sets]) == 0
     manifest = json.loads(capsys.readouterr().out)
-    assert manifest["stages"][:3] == ["retrieval", "prerank", "rank"]
+    assert {"retrieval", "prerank", "rank"} <= set(manifest["stages"])
     method = json.loads((tmp_path / "b" / "latest" / "manifest.json").read_text())["config"]["split"]["method"]
     assert method == ("random_holdout" if shape == "untimed" else "temporal")  # auto, resolved and recorded
     assert main(["-q", "evaluate", "--data", str(data), "--bundle", str(tmp_path / "b"), "--out",
