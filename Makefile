@@ -1,4 +1,4 @@
-# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Two commands do everything on a fresh machine: `make demo` and `make test` (`make demo-full`: the full study).
 # Both create .venv when it is missing and install the project (idempotent: a stamp file records the install).
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install clean bench lint
+.PHONY: demo demo-full test install clean bench lint
 
 install: $(STAMP)
 
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
+# the engine, the two-tower alone, the baselines and the oracle; no ablation-only model (about 3 minutes)
 demo: install
 	$(BIN)/recsys demo --out $(DEMO_DIR)
+
+# the full study: every ablation model trained and evaluated
+demo-full: install
+	$(BIN)/recsys demo --full --out $(DEMO_DIR)
 
 test: install
 	$(BIN)/lint-imports --no-cache

@@ -44,6 +44,7 @@ import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 
+from recsys.configlib import CountScale
 from recsys.data.catalog import Catalog
 from recsys.data.schema import DatasetSchema, Kind
 from recsys.types import Ragged, Requests, Results, top_k
@@ -365,7 +366,9 @@ class SVDBaseline(Baseline):
     Rating source, in order:
 
     1. the dataset's first graded label (e.g. ``rating``) over all training rows, with its declared range (or
-       the observed min/max) as the rating scale;
+       the observed min/max) as the rating scale; without one, its first count label (kind ``count``: plays,
+       views) as ``log(1 + count)`` when ``counts="log"`` (default; raw counts of up to ~350k plays make the SGD
+       diverge), while ``counts="binary"`` reads the count log like an implicit one (3. below);
     2. with ``use_impressions=True`` and a dataset with impressions, the positive label over all rows
        (1 engaged, 0 shown-not-engaged). Off by default: with a few percent CTR the regression mostly learns
        each item's logged CTR, which is exposure-biased and noisy for rarely shown items (measured on the
@@ -383,10 +386,15 @@ class SVDBaseline(Baseline):
 
     def __init__(
         self, seed: int = 0, n_factors: int = 100, n_epochs: int = 20, lr_all: float = 0.005, reg_all: float = 0.02,
-        use_impressions: bool = False,
+        use_impressions: bool = False, counts: CountScale | str = CountScale.LOG,
     ) -> None:
         super().__init__(seed)
         self.use_impressions = bool(use_impressions)
+        try:
+            self.counts = CountScale(counts)
+        except ValueError:
+            raise ValueError(f"{self.name}: parameter 'counts' must be one of "
+                             f"{', '.join(repr(c.value) for c in CountScale)}, got {counts!r}") from None
         self.n_factors = _positive_int(n_factors, "n_factors", self.name)
         self.n_epochs = _positive_int(n_epochs, "n_epochs", self.name)
         self.lr_all = _positive_float(lr_all, "lr_all", self.name)
@@ -402,12 +410,17 @@ class SVDBaseline(Baseline):
         """(user index (R,), item index (R,), rating (R,), rating_scale, source description)."""
         spec = schema.tables["interactions"].columns
         graded = [name for name in schema.labels if spec[name].kind is Kind.GRADED]
+        counts = [name for name in schema.labels if spec[name].kind is Kind.COUNT]
         users = catalog.users.encode(train[catalog.user_col].to_numpy())
         items = catalog.items.encode(train[catalog.item_col].to_numpy())
-        if graded:
-            label = graded[0]
+        if graded or (counts and self.counts is CountScale.LOG):
+            label = graded[0] if graded else counts[0]
             r = train[label].to_numpy(dtype=np.float64)
             ok = (users < catalog.users.oov) & (items < catalog.n_items)
+            if not graded:  # counts are heavy-tailed: SGD on raw play counts diverges (NaN); log(1 + count) does not
+                r = np.log1p(r)
+                scale = (0.0, float(r[ok].max())) if ok.any() else (0.0, 1.0)
+                return users[ok], items[ok], r[ok], scale, f"count label {label!r} as log(1 + count)"
             if spec[label].range is not None:
                 scale = tuple(float(v) for v in spec[label].range)
             else:
@@ -494,21 +507,62 @@ class SVDBaseline(Baseline):
 # EASE
 
 
-def ease_weights(x: sp.spmatrix | np.ndarray, l2: float, block: int = 1024) -> np.ndarray:
+def ease_memory_bytes(n_items: int) -> int:
+    """Bytes :func:`ease_weights` needs for ``n_items`` modelled items: one dense M x M float64 matrix (the Gram
+    matrix, inverted and turned into the weights in place) plus one column block of it."""
+    return 8 * n_items * n_items + 8 * n_items * min(n_items, 1024)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable`` of /proc/meminfo), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _gram(x: sp.spmatrix | np.ndarray, block: int = 1024) -> np.ndarray:
+    """(M, M) Fortran-ordered float64 ``X^T X`` of ``x`` (U, M), filled by column blocks (no sparse M x M copy)."""
+    if not sp.issparse(x):
+        xa = np.asarray(x, dtype=np.float64)
+        return np.asfortranarray(xa.T @ xa)
+    xc = sp.csc_matrix(x, dtype=np.float64)
+    xt = xc.T.tocsr()  # (M, U)
+    m = xc.shape[1]
+    g = np.empty((m, m), dtype=np.float64, order="F")
+    for j0 in range(0, m, block):
+        j1 = min(j0 + block, m)
+        g[:, j0:j1] = (xt @ xc[:, j0:j1]).toarray()
+    return g
+
+
+def ease_weights(x: sp.spmatrix | np.ndarray, l2: float, block: int = 1024, blas_threads: int | None = 1) -> np.ndarray:
     """EASE item-item weights (Steck, WWW 2019, eq. 8): the closed form of
 
         min_B ||X - X B||_F^2 + l2 ||B||_F^2   subject to diag(B) = 0.
 
     ``G = X^T X + l2 I``, ``P = G^-1``, ``B_ij = -P_ij / P_jj`` (i != j), ``B_jj = 0``. ``x`` (U, M) -> (M, M)
-    float64. ``G`` is symmetric positive definite for ``l2 > 0``; it is inverted via Cholesky (LAPACK potrf /
-    potri) in place, so the peak memory is about one M x M float64 matrix besides ``x`` (3.2 GB at M=20000).
-    The multi-threaded LAPACK result may differ in the last bits with the BLAS thread count: fit once and give
-    the fitted model to every shard.
+    float64. ``G`` is symmetric positive definite for ``l2 > 0``; it is built by column blocks and inverted via
+    Cholesky (LAPACK potrf / potri) in place, so the peak memory is about one M x M float64 matrix besides
+    ``x`` (:func:`ease_memory_bytes`: 3.2 GB at M=20000). The LAPACK calls run with at most ``blas_threads``
+    BLAS threads (None: the library's default): OpenBLAS with 2 threads crashed (SIGSEGV) inverting a
+    17,632-item Gram matrix that 1 thread inverts. The multi-threaded result may differ in the last bits with
+    the thread count: fit once and give the fitted model to every shard.
     """
-    g = x.T @ x
-    g = g.toarray() if sp.issparse(g) else np.asarray(g)
-    g = np.asarray(g, dtype=np.float64, order="F")
+    from threadpoolctl import threadpool_limits
+
+    g = _gram(x, block)
     g[np.diag_indices_from(g)] += l2
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _ease_from_gram(g, block)
+
+
+def _ease_from_gram(g: np.ndarray, block: int) -> np.ndarray:
+    """EASE weights from a Fortran-ordered ``G = X^T X + l2 I``, overwriting it (see :func:`ease_weights`)."""
     c, info = scipy.linalg.lapack.dpotrf(g, lower=False, overwrite_a=True)
     if info != 0:
         raise RuntimeError(f"ease: Cholesky factorisation of X^T X + l2 I failed (LAPACK info {info})")
@@ -534,15 +588,19 @@ class EASEBaseline(Baseline):
     ``B`` is a dense M x M float64 matrix (8 M^2 bytes). With more than ``max_items`` catalogue items, only the
     ``max_items`` items with the most training positives are modelled (a warning is logged); every other item
     scores ``-inf`` and is never recommended (EASE scores may be negative, so 0 would rank unmodelled items
-    above modelled ones), and their history entries are ignored.
+    above modelled ones), and their history entries are ignored. Before inverting, the memory it needs
+    (:func:`ease_memory_bytes`) is checked against the memory available: too little is a ``MemoryError`` naming
+    both and the ``max_items`` setting, raised before anything is allocated. The inversion runs on
+    ``blas_threads`` BLAS threads.
     """
 
     name = "ease"
 
-    def __init__(self, seed: int = 0, l2: float = 500.0, max_items: int = 20000) -> None:
+    def __init__(self, seed: int = 0, l2: float = 500.0, max_items: int = 20000, blas_threads: int = 1) -> None:
         super().__init__(seed)
         self.l2 = _positive_float(l2, "l2", self.name)
         self.max_items = _positive_int(max_items, "max_items", self.name)
+        self.blas_threads = _positive_int(blas_threads, "blas_threads", self.name)
         self.items: np.ndarray | None = None  # (M,) catalogue indices modelled, or None for all
         self.weights: np.ndarray | None = None  # (M, M)
 
@@ -562,7 +620,17 @@ class EASEBaseline(Baseline):
             )
         else:
             self.items = None
-        weights = ease_weights(x, self.l2)
+        m = x.shape[1]
+        need, avail = ease_memory_bytes(m), available_memory()
+        if avail is not None and need > avail:
+            raise MemoryError(
+                f"{self.name}: {m:,} modelled items need {need / 2**30:.1f} GiB for the dense {m:,} x {m:,} Gram "
+                f"matrix, {avail / 2**30:.1f} GiB is available; lower eval.baseline_params.ease.max_items"
+            )
+        logger.info("%s: inverting the %d x %d Gram matrix (%.2f GiB; %s available) with %d BLAS thread(s)",
+                    self.name, m, m, need / 2**30, "?" if avail is None else f"{avail / 2**30:.1f} GiB",
+                    self.blas_threads)
+        weights = ease_weights(x, self.l2, blas_threads=self.blas_threads)
         _check_finite(self.name, weights=weights)
         self.weights = weights
         self.n_items = n

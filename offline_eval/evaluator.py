@@ -647,6 +647,13 @@ def _comparisons(evals: Mapping[str, SystemEval], baseline_names: Sequence[str],
     return out
 
 
+def _failure(name: str, step: str, exc: BaseException) -> str:
+    """The one-line reason a baseline failed (logged as an error; the report lists it under ``failed``)."""
+    reason = f"{step} failed: {type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'}"
+    logger.error("baseline %s: %s; it is reported as failed, the other systems go on", name, reason)
+    return reason
+
+
 def eval_window(split: Split, window: str = "test") -> str:
     """``window`` when the split has it, else the split's last window."""
     return window if window in split.names else split.names[-1]
@@ -674,7 +681,9 @@ def run_evaluation(
     Args:
         systems: already built rankers by name (e.g. ``{"engine": engine}``); their item indices must be the
             catalogue's (pass the engine's ``catalog`` so both agree).
-        baselines: baseline names to fit (default ``cfg.eval.baselines``); ``[]`` for none.
+        baselines: baseline names to fit (default ``cfg.eval.baselines``); ``[]`` for none. Each is built with
+            its ``cfg.eval.baseline_params``; one whose fit or evaluation raises is left out of the systems and
+            listed in the report's ``failed`` section with the reason, and the others are reported.
         backend, ray_cfg: default ``cfg.eval.backend`` / ``cfg.ray``. A Ray runtime started here is stopped here.
         extra: more report sections, e.g. ``{"calibration": {task: {...}}}``.
         reliability: {name: bin table} drawn as ``reliability.png`` (see ``calibration.reliability_diagram``).
@@ -696,14 +705,19 @@ def run_evaluation(
 
     all_systems: dict[str, Ranker] = {}
     fit_seconds: dict[str, float] = {}
-    names = list(cfg.eval.baselines if baselines is None else baselines)
+    failed: dict[str, str] = {}  # baseline -> why it failed; the other systems are still evaluated and reported
+    names = list(dict.fromkeys(cfg.eval.baselines if baselines is None else baselines))
     if names:
         from offline_eval.baselines import make_baseline
 
-        for bname in names:
+        models = {b: make_baseline(b, seed=cfg.seed, **cfg.eval.baseline_params.of(b)) for b in names}  # bad name
+        for bname, model in models.items():
             t0 = time.perf_counter()
-            model = make_baseline(bname, seed=cfg.seed)
-            model.fit(before, catalog, ds.schema)
+            try:
+                model.fit(before, catalog, ds.schema)
+            except Exception as exc:  # noqa: BLE001 -- one failing baseline must not lose the others' report
+                failed[bname] = _failure(bname, "fit", exc)
+                continue
             fit_seconds[bname] = time.perf_counter() - t0
             all_systems[bname] = model
             logger.info("fitted baseline %s in %.2f s", bname, fit_seconds[bname])
@@ -723,7 +737,13 @@ def run_evaluation(
     try:
         evals: dict[str, SystemEval] = {}
         for sname, system in all_systems.items():
-            ev = evaluate(system, data, cfg.eval, backend, ray_cfg)
+            try:
+                ev = evaluate(system, data, cfg.eval, backend, ray_cfg)
+            except Exception as exc:  # noqa: BLE001
+                if sname not in names:  # the engine and its ablations: a bug to surface, not to report
+                    raise
+                failed[sname] = _failure(sname, "evaluation", exc)
+                continue
             ev.name = sname
             if sname in fit_seconds:
                 ev.timings["fit_seconds"] = fit_seconds[sname]
@@ -750,6 +770,7 @@ def run_evaluation(
         overwrite=overwrite,
         backend=backend.value,
         reliability=reliability,
+        failed=failed,
     )
 
 

@@ -24,6 +24,7 @@ Layout of ``OUT/`` (written atomically: a failed run leaves nothing; an existing
      "comparisons": [{"a", "b", "metric", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p_value"}],
      "timings": {NAME: {"wall_seconds", "rank_seconds", "users_per_second", "fit_seconds"?}},
      "degraded": {NAME: {reason: count}},
+     "failed": {NAME: "fit failed: RuntimeError: ..."},  # baselines that raised: left out of every other section
      "calibration": {...},                             # from ``extra`` (empty when none)
      ...other ``extra`` sections}
 
@@ -102,6 +103,7 @@ def build_metrics(
     split_stats: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     backend: str = "local",
+    failed: Mapping[str, str] | None = None,
 ) -> dict:
     """The ``metrics.json`` content (see the module docstring)."""
     sch = ds.schema.tables["interactions"]
@@ -133,6 +135,7 @@ def build_metrics(
         "comparisons": list(comparisons),
         "timings": {},
         "degraded": {},
+        "failed": dict(failed or {}),
         "calibration": {},
     }
     rows = [(name, k) for name, ev in evals.items() for k in ev.per_user]
@@ -253,6 +256,10 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         return f"{v:.4f} [{c[0]:.4f}, {c[1]:.4f}]"
 
     lines += _table(["system", *HEADLINE], [[n, *(cell(n, m) for m in HEADLINE)] for n in systems])
+    failed = metrics.get("failed") or {}
+    if failed:
+        lines += ["## Failed systems", "", "Left out of every table below; the other systems are unaffected.", ""]
+        lines += _table(["system", "reason"], [[n, why.replace("|", "/")] for n, why in failed.items()])
 
     bases = []
     for sys_metrics in systems.values():
@@ -321,7 +328,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> st
 
     builtin = {"dataset", "split", "split_stats", "n_users", "users", "positive_label", "gains", "config", "backend",
                "baselines", "systems", "ci95", "beyond_accuracy", "segments", "funnel", "comparisons", "timings",
-               "degraded", "exports"}
+               "degraded", "exports", "failed"}
     for key, section in metrics.items():
         if key in builtin or not isinstance(section, Mapping) or not section:
             continue
@@ -471,9 +478,11 @@ def write_report(
     overwrite: bool = False,
     backend: str = "local",
     reliability: Mapping[str, Any] | None = None,
+    failed: Mapping[str, str] | None = None,
 ) -> dict:
-    """Write the report folder ``out`` atomically (see the module docstring); returns the metrics.json content."""
-    metrics = build_metrics(evals, data, cfg, ds, comparisons, baselines, split_stats, extra, backend)
+    """Write the report folder ``out`` atomically (see the module docstring); returns the metrics.json content.
+    ``failed``: systems that could not be evaluated, with the reason (reported, left out of the tables)."""
+    metrics = build_metrics(evals, data, cfg, ds, comparisons, baselines, split_stats, extra, backend, failed)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         plots = []
         if plot_metric_curves(metrics, tmp / "metric_at_k.png"):
@@ -513,6 +522,7 @@ def format_table(metrics: Mapping[str, Any], columns: Sequence[str] = HEADLINE) 
     for n in names:
         vals = [metrics["systems"][n].get(c) for c in columns]
         lines.append(n.ljust(w) + "  " + "  ".join(("–" if v is None else f"{v:.4f}").rjust(cw) for v in vals))
+    lines += [f"{n.ljust(w)}  FAILED: {why}" for n, why in (metrics.get("failed") or {}).items()]
     return "\n".join(lines)
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 from recsys.configlib import (  # noqa: F401  (re-exported)
     Backend,
+    BaselineParams,
     ConfigError,
+    CountScale,
     EngineConfig,
     EvalConfig,
     FunnelStage,

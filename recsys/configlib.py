@@ -35,8 +35,20 @@ class ConfigError(ValueError):
 
 
 class SplitMethod(str, enum.Enum):
-    TEMPORAL = "temporal"  # global cut-offs in time shared by all users (default, leak-free)
+    AUTO = "auto"  # temporal when the dataset has timestamps, else random_holdout (the default)
+    TEMPORAL = "temporal"  # global cut-offs in time shared by all users (leak-free)
     LEAVE_LAST_N = "leave_last_n"  # per user: the last n events go to the last window, and so on backwards
+    RANDOM_HOLDOUT = "random_holdout"  # per user: events drawn at random into the windows by their fractions
+
+    def resolve(self, has_timestamps: bool) -> "SplitMethod":
+        """The concrete method: ``auto`` is ``temporal`` on a dataset with timestamps, else ``random_holdout``."""
+        if self is SplitMethod.AUTO:
+            return SplitMethod.TEMPORAL if has_timestamps else SplitMethod.RANDOM_HOLDOUT
+        return self
+
+
+#: split methods that read the timestamps as time (refused on an untimed log)
+TEMPORAL_METHODS = (SplitMethod.TEMPORAL, SplitMethod.LEAVE_LAST_N)
 
 
 class SplitBasis(str, enum.Enum):
@@ -57,8 +69,11 @@ class SplitConfig:
     increasing Unix seconds. ``leave_last_n`` puts each user's last ``n`` events in the last window, the ``n``
     before in the one before, and the rest in the first window; a user's events that share a timestamp are
     ordered by a hash of (user, item) keyed by ``tie_seed`` (never by file order or item id), so a tie group
-    that straddles a window boundary is cut at random but reproducibly. ``kcore`` > 0 keeps only users and
-    items with at least that many interactions (iterated to a fixed point) before splitting.
+    that straddles a window boundary is cut at random but reproducibly. ``random_holdout`` draws each
+    user's events at random (``seed``) into the windows so that each window holds its fraction of every
+    user's events (the protocol for logs without timestamps; not leak-free). ``auto`` (default) is
+    ``temporal`` on a dataset with timestamps and ``random_holdout`` on an untimed one. ``kcore`` > 0 keeps
+    only users and items with at least that many interactions (iterated to a fixed point) before splitting.
 
     ``validation: true`` is the validation protocol: the interactions before the test window are split again
     the same way, so the last window of that split (the one just before the test window) plays the test
@@ -66,7 +81,7 @@ class SplitConfig:
     the test window is touched only by a final run with it off.
     """
 
-    method: SplitMethod = SplitMethod.TEMPORAL
+    method: SplitMethod = SplitMethod.AUTO
     basis: SplitBasis = SplitBasis.SPAN
     windows: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"train": 0.70, "prerank": 0.10, "rank": 0.10, "test": 0.10}
@@ -76,6 +91,7 @@ class SplitConfig:
     kcore: int = 0
     validation: bool = False
     tie_seed: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.validation and self.cutoffs:
@@ -85,12 +101,12 @@ class SplitConfig:
             raise ConfigError(f"split.windows: need at least 2 windows, got {list(self.windows)}")
         if any(not (0.0 < f < 1.0) for f in self.windows.values()):
             raise ConfigError(f"split.windows: each fraction must be in (0, 1), got {self.windows}")
-        if self.method is SplitMethod.TEMPORAL and not self.cutoffs:
+        if self.method is not SplitMethod.LEAVE_LAST_N and not self.cutoffs:
             total = sum(self.windows.values())
             if abs(total - 1.0) > 1e-6:
                 raise ConfigError(f"split.windows: fractions must sum to 1, got {total:.6f} ({self.windows})")
         if self.cutoffs:
-            if self.method is not SplitMethod.TEMPORAL:
+            if self.method not in (SplitMethod.TEMPORAL, SplitMethod.AUTO):
                 raise ConfigError("split.cutoffs: only valid with split.method = temporal")
             if len(self.cutoffs) != len(self.windows) - 1:
                 raise ConfigError(
@@ -118,13 +134,105 @@ class RayConfig:
     num_cpus: int = 2
 
 
+class CountScale(str, enum.Enum):
+    """How a baseline that regresses on a graded label reads a *count* label (plays, views: kind ``count``)."""
+
+    LOG = "log"  # rating = log(1 + count): a count of 352,698 plays is 12.8, not a rating of 352,698
+    BINARY = "binary"  # every engaged item is 1, plus as many sampled non-engaged items at 0
+
+
+def _check(section: str, checks) -> None:
+    """Raise ConfigError for the first ``(field, ok, what, value)`` of ``checks`` that is not ok."""
+    for name, ok, what, value in checks:
+        if not ok:
+            raise ConfigError(f"{section}.{name}: must be {what}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PopularityParams:
+    """``popularity``: ``half_life_days`` > 0 weighs a positive by ``0.5 ** (age / half_life)``; null: counts."""
+
+    half_life_days: float | None = None
+
+    def __post_init__(self) -> None:
+        h = self.half_life_days
+        _check("eval.baseline_params.popularity", [("half_life_days", h is None or h > 0, "> 0 or null", h)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemKNNParams:
+    """``itemknn``: ``n_neighbors`` most similar items kept per item (cosine)."""
+
+    n_neighbors: int = 100
+
+    def __post_init__(self) -> None:
+        _check("eval.baseline_params.itemknn", [("n_neighbors", self.n_neighbors >= 1, ">= 1", self.n_neighbors)])
+
+
+@dataclasses.dataclass(frozen=True)
+class SVDParams:
+    """``svd`` (scikit-surprise's biased MF): factors, SGD epochs, learning rate, L2; ``use_impressions``: regress
+    on shown-not-engaged rows as 0; ``counts``: how a count label becomes a rating (:class:`CountScale`)."""
+
+    n_factors: int = 100
+    n_epochs: int = 20
+    lr_all: float = 0.005
+    reg_all: float = 0.02
+    use_impressions: bool = False
+    counts: CountScale = CountScale.LOG
+
+    def __post_init__(self) -> None:
+        _check("eval.baseline_params.svd", [
+            ("n_factors", self.n_factors >= 1, ">= 1", self.n_factors),
+            ("n_epochs", self.n_epochs >= 1, ">= 1", self.n_epochs),
+            ("lr_all", self.lr_all > 0, "> 0", self.lr_all),
+            ("reg_all", self.reg_all >= 0, ">= 0", self.reg_all),
+        ])
+
+
+@dataclasses.dataclass(frozen=True)
+class EASEParams:
+    """``ease``: ``l2`` the ridge penalty; ``max_items`` the most popular items modelled (a dense
+    max_items x max_items float64 matrix: 3.2 GB at 20,000); ``blas_threads`` BLAS threads of the Gram
+    inversion (1: multi-threaded OpenBLAS crashed on a 17,632-item inversion)."""
+
+    l2: float = 500.0
+    max_items: int = 20000
+    blas_threads: int = 1
+
+    def __post_init__(self) -> None:
+        _check("eval.baseline_params.ease", [
+            ("l2", self.l2 > 0, "> 0", self.l2),
+            ("max_items", self.max_items >= 1, ">= 1", self.max_items),
+            ("blas_threads", self.blas_threads >= 1, ">= 1", self.blas_threads),
+        ])
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineParams:
+    """Each baseline's settings (``eval.baseline_params``), tunable like the engine's: e.g.
+    ``--set eval.baseline_params.ease.l2=200`` or ``--set eval.baseline_params.itemknn.n_neighbors=50``.
+    ``random`` has none (its seed is the config's ``seed``)."""
+
+    popularity: PopularityParams = dataclasses.field(default_factory=PopularityParams)
+    itemknn: ItemKNNParams = dataclasses.field(default_factory=ItemKNNParams)
+    svd: SVDParams = dataclasses.field(default_factory=SVDParams)
+    ease: EASEParams = dataclasses.field(default_factory=EASEParams)
+
+    def of(self, name: str) -> dict[str, Any]:
+        """The keyword parameters of baseline ``name`` (``{}`` for one without settings)."""
+        section = getattr(self, name, None) if name in {f.name for f in dataclasses.fields(self)} else None
+        return {} if section is None else {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Offline evaluation.
 
     ``positive_label`` defines an engagement (relevant item) in the test window; ``gains`` gives the graded
     relevance of an engaged item as sum(weight * label). ``exclude_seen`` removes items the user engaged with
-    before the test window from the ranking (and therefore from the test relevance).
+    before the test window from the ranking (and therefore from the test relevance). ``baselines`` names the
+    baselines evaluated beside the engine and ``baseline_params`` their settings (:class:`BaselineParams`).
     """
 
     ks: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
@@ -138,6 +246,7 @@ class EvalConfig:
     backend: Backend = Backend.LOCAL
     shards: int = 8
     baselines: tuple[str, ...] = ("random", "popularity", "itemknn", "svd", "ease")
+    baseline_params: BaselineParams = dataclasses.field(default_factory=BaselineParams)
     seed: int = 0
 
 

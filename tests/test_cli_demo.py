@@ -1,14 +1,30 @@
 """`recsys demo` end to end on the tiny world: everything lands under --out and the report has the engine,
-its ablations, the baselines, the oracle and the heavy ranker's calibration."""
+the baselines, the oracle and the heavy ranker's calibration; with --full also every ablation."""
 
 import json
 
 from recsys.cli import main
 
+TINY = ["--preset", "tiny", "--set", "retrieval.two_tower.max_epochs=2", "--set", "retrieval.two_tower.threads=1",
+        "--set", "rank.train.max_epochs=2", "--set", "eval.bootstrap_samples=50"]
+
+
+def test_the_quick_demo_trains_no_ablation_model_and_prints_the_engine(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--quiet", "demo", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "| engine |" in printed and "funnel (engine)" in printed and "calibration of the heavy ranker" in printed
+    assert "make demo-full" in printed
+    m = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(m["systems"]) == {"engine", "retrieval_only", "oracle", "random", "popularity",
+                                 "itemknn", "svd", "ease"}
+    bundle = out / "artifacts" / "demo" / "latest"
+    assert {p.name for p in bundle.iterdir() if p.is_dir()} == {"catalog", "retrieval", "prerank", "rank"}
+
 
 def test_demo_runs_the_whole_funnel_on_the_tiny_world(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["--quiet", "demo", "--out", str(out), "--preset", "tiny",
+    code = main(["--quiet", "demo", "--full", "--out", str(out), "--preset", "tiny",
                  "--set", "retrieval.two_tower.max_epochs=2", "--set", "retrieval.two_tower.threads=1",
                  "--set", "rank.train.max_epochs=2", "--set",
                  "systems=[retrieval_only, prerank_only, no_prerank, no_graph_features, prerank_only_no_graph, no_exposure]",

@@ -80,7 +80,8 @@ def test_wrong_type_names_key_and_expected(override: str, pattern: str) -> None:
 
 
 def test_bad_enum_lists_allowed_values() -> None:
-    with pytest.raises(ConfigError, match=r"split\.method: 'random' is not allowed; expected one of 'temporal', 'leave_last_n'"):
+    with pytest.raises(ConfigError, match=r"split\.method: 'random' is not allowed; expected one of 'auto', "
+                                          r"'temporal', 'leave_last_n', 'random_holdout'"):
         load_config(None, ["split.method=random"])
     with pytest.raises(ConfigError, match=r"eval\.backend: 'spark' is not allowed; expected one of 'local', 'ray'"):
         load_config(None, ["eval.backend=spark"])

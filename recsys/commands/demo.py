@@ -1,9 +1,12 @@
 """``recsys demo``: the main job on the embedded default data (what ``make demo`` runs).
 
 Synthesizes the demo world, splits it, prints its statistics, trains the funnel into a bundle, then
-evaluates the engine, its stage-removed ablations, the baselines and the oracle on the test window and prints
-the comparison, the funnel and the calibration. Everything is written under ``--out`` (default
-``runs/demo``).
+evaluates the engine, the baselines and the oracle on the test window and prints the comparison, the funnel
+and the calibration. Everything is written under ``--out`` (default ``runs/demo``).
+
+By default (``make demo``) the bundle holds only the engine's own stages (:data:`QUICK_OVERRIDES`: no model
+trained for an ablation only) and the evaluated engine systems are :data:`QUICK_SYSTEMS`. ``--full``
+(``make demo-full``) runs the whole study: every ablation model is trained and every ablation evaluated.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+#: config overrides of the quick demo: no model trained only for an ablation (the user's --set still wins)
+QUICK_OVERRIDES = ("systems=[retrieval_only]",)  # no stage trained for an ablation only
+#: engine systems of the quick demo (beside the baselines and the oracle)
+QUICK_SYSTEMS = ("engine", "retrieval_only")  # prerank_only: +14 s of ~3 min, in demo-full
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthesize the demo world and run the engine's main job on it")
@@ -24,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="demo", help="synthetic world preset (default: demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--full", action="store_true",
+                   help="the full study: also train and evaluate every ablation (make demo-full; several times "
+                        "longer)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -41,7 +52,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out: Path = args.out
-    cfg = load_config(args.config or _default_config(), args.overrides)
+    overrides = list(args.overrides) if args.full else [*QUICK_OVERRIDES, *args.overrides]
+    cfg = load_config(args.config or _default_config(), overrides)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     say(f"== recsys demo: everything is written under {out}/")
@@ -60,12 +72,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bundle = train_engine(ds, cfg, bundle_dir)
     say(f"bundle {bundle.path} (stages: {', '.join(bundle.stages)})")
     systems = load_systems(bundle.path)
+    if not args.full:
+        systems = {n: s for n, s in systems.items() if n in QUICK_SYSTEMS}
+    from recsys.commands.evaluate import drop_identical, engine_extras
+
+    systems, twins = drop_identical(systems)
 
     report_dir = out / "report"
-    say(f"-- 4. full-ranking evaluation on the test window: engine, ablations, baselines, oracle -> {report_dir}")
-    from recsys.commands.evaluate import engine_extras
-
+    what = "ablations" if args.full else ", ".join(n for n in systems if n != "engine")
+    say(f"-- 4. full-ranking evaluation on the test window: engine, {what}, baselines, oracle -> {report_dir}")
     extra, reliability = engine_extras(systems, ds, cfg)
+    if twins:
+        extra["identical_systems"] = twins
     result = run_evaluation(ds, cfg, report_dir, systems=systems, split=split, overwrite=True, extra=extra,
                             reliability=reliability)
     say(format_systems(result))
@@ -80,6 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     say("")
     say(format_comparisons(result))
     say(f"== done in {time.perf_counter() - t0:.0f} s; report: {report_dir / 'report.md'}")
+    if not args.full:
+        say("(the full study with every ablation: make demo-full, or recsys demo --full)")
     return 0
 
 
@@ -126,6 +146,7 @@ def format_systems(result: dict, metrics=("ndcg@10", "mrr@10", "map@10", "recall
     lines = ["| system | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, vals in rows:
         lines.append(f"| {name} | " + " | ".join(f"{vals.get(m, float('nan')):.4f}" for m in metrics) + " |")
+    lines += [f"| {name} | FAILED: {why.replace('|', '/')} |" for name, why in (result.get("failed") or {}).items()]
     return "\n".join(lines)
 
 

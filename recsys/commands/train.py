@@ -1,4 +1,8 @@
-"""``recsys train``: fit every configured stage on its window and write a versioned bundle."""
+"""``recsys train``: fit every configured stage on its window and write a versioned bundle.
+
+The config is checked against the dataset first (:func:`recsys.validate.check_config`): a mismatch is a
+one-line error before any training, and label names the dataset lacks are replaced by derived ones (logged).
+"""
 
 from __future__ import annotations
 
@@ -24,9 +28,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recsys.config import load_config
     from recsys.data.schema import read_dataset
     from recsys.training import train_engine
+    from recsys.validate import check_config
 
     cfg = load_config(args.config, args.overrides)
     ds = read_dataset(args.data)
+    cfg = check_config(cfg, ds)  # the whole config against the dataset, before any training
     bundle = train_engine(ds, cfg, args.out)
     print(json.dumps({"bundle": str(bundle.path), "version": bundle.version, "stages": bundle.stages,
                       "metrics": bundle.manifest["metrics"]}, indent=2, default=str))

@@ -83,6 +83,7 @@ __all__ = [
     "import_movielens_latest",
     "import_movietweetings",
     "import_csv",
+    "import_frame",
     "import_parquet",
     "load_mapping",
 ]
@@ -842,7 +843,10 @@ def import_movietweetings(
 # Generic CSV / Parquet with a column mapping
 # --------------------------------------------------------------------------------------------------------
 
-_LABEL_KINDS = ("binary", "graded")
+_LABEL_KINDS = ("binary", "graded", "count")
+_SEP_NAMES = {"\\t": "\t", "tab": "\t"}  # ways to spell a tab on a command line (--map sep='\t')
+_SNIFF = (",", "\t", ";", "|", "::")  # separators tried when the mapping gives none, in order of preference
+UNTIMED = "none"  # ImportMapping.timestamp of a log without times
 _FEATURE_KINDS = ("categorical", "numeric", "text")
 _CONTEXT_KINDS = ("categorical", "numeric")
 _CANONICAL = ("user_id", "item_id", "timestamp")
@@ -854,24 +858,29 @@ class ImportMapping:
 
     Load it from YAML with :func:`load_mapping` (or ``recsys.config.from_dict(ImportMapping, data)``).
 
-    ``user``, ``item``, ``timestamp``: source column names. ``labels``: source column -> ``binary`` |
-    ``graded``, kept under the source name. ``rating``: an explicit rating column, which yields ``rating``
-    (graded; ``rating_range`` is the declared range, checked, default the observed range), ``interaction``
-    (= 1) and, when ``like_threshold`` is set, ``like`` (= rating >= threshold). Without ``rating`` nor
-    ``labels`` every row is an engagement: ``interaction`` = 1. ``positive_label`` (default ``interaction``
-    when it exists, else the first binary label) must be binary; when it has zeros, those rows are impressions
-    (shown, not engaged) and the dataset says ``has_impressions``.
+    ``user``, ``item``: source column names. ``timestamp``: the time column (default: the column named
+    ``timestamp`` when there is one; without it, or with ``none``, the log is *untimed*: the dataset records
+    ``has_timestamps: false``, ``timestamp`` holds each row's position in the file, an order and not a time,
+    and only the ``random_holdout`` split applies). ``labels``: source column -> ``binary`` | ``graded`` |
+    ``count`` (integers >= 0 counting events, such as plays; baselines log-scale them, see
+    ``eval.baseline_params.svd.counts``), kept under the source name. ``rating``: an explicit rating column,
+    which yields ``rating`` (graded; ``rating_range`` is the declared range, checked, default the observed
+    range), ``interaction`` (= 1) and, when ``like_threshold`` is set, ``like`` (= rating >= threshold). Without
+    ``rating`` nor ``labels`` every row is an engagement: ``interaction`` = 1. ``positive_label`` (default
+    ``interaction`` when it exists, else the first binary label) must be binary; when it has zeros, those rows
+    are impressions (shown, not engaged) and the dataset says ``has_impressions``.
     ``user_features`` / ``item_features``: column -> ``categorical`` | ``numeric`` | ``text``, read from
     ``users_file`` / ``items_file`` (paths relative to the log's folder, same format, keyed by the ``user`` /
     ``item`` column) or, without them, from the log itself (each user's/item's value on its latest row).
     ``context``: column -> ``categorical`` | ``numeric``, request-time columns kept on the interactions.
-    ``sep``: text separator (default ``,``; ``\\t`` for ``.tsv``/``.tab`` files). ``encoding``: ``auto`` = UTF-8
-    falling back to latin-1.
+    ``sep``: text separator: one character, ``\\t`` (or ``tab``) or ``::``; default ``\\t`` for ``.tsv``/``.tab``
+    files, else detected from the first lines among ``,``, tab, ``;``, ``|`` and ``::`` (the choice is logged).
+    ``encoding``: ``auto`` = UTF-8 falling back to latin-1.
     """
 
     user: str = "user_id"
     item: str = "item_id"
-    timestamp: str = "timestamp"
+    timestamp: str | None = None
     timestamp_unit: TimestampUnit = TimestampUnit.AUTO
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     rating: str | None = None
@@ -896,15 +905,19 @@ class ImportMapping:
                     raise ConfigError(
                         f"{key}.{cname}: kind {kind!r} is not allowed; expected one of {', '.join(map(repr, allowed))}"
                     )
-        for key in ("user", "item", "timestamp"):
+        for key in ("user", "item"):
             if not getattr(self, key):
                 raise ConfigError(f"{key}: a column name is required")
+        if self.timestamp is not None and not self.timestamp:
+            raise ConfigError("timestamp: a column name, or 'none' for a log without times")
+        if self.sep is not None:
+            object.__setattr__(self, "sep", _SEP_NAMES.get(self.sep.lower(), self.sep))
         if self.rating_range is not None and not self.rating_range[0] < self.rating_range[1]:
             raise ConfigError(f"rating_range: need low < high, got {list(self.rating_range)}")
         if self.rating is None and (self.rating_range is not None or self.like_threshold is not None):
             raise ConfigError("rating_range/like_threshold: only valid with a rating column (key 'rating')")
         if self.sep is not None and len(self.sep) != 1 and self.sep != "::":
-            raise ConfigError(f"sep: expected one character or '::', got {self.sep!r}")
+            raise ConfigError(f"sep: expected one character, '\\t' (or 'tab') or '::', got {self.sep!r}")
         outputs = self.label_names()
         if self.rating is not None and self.rating in self.labels:
             raise ConfigError(f"labels.{self.rating}: the column is already the rating column")
@@ -962,8 +975,40 @@ def load_mapping(path: str | Path) -> ImportMapping:
 def _read_generic(path: Path, fmt: str, mapping: ImportMapping) -> _Table:
     if fmt == "parquet":
         return _read_parquet(path)
-    sep = mapping.sep or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+    sep = mapping.sep or ("\t" if path.suffix.lower() in (".tsv", ".tab") else None)
+    if sep is None:
+        _check_file(path)
+        sep = sniff_separator(path)
+        logger.info("%s: fields separated by %r (detected from the first lines; set sep to choose another)",
+                    path, sep)
     return _read_text(path, _TextFormat(sep, sep != "::", True, mapping.encoding))
+
+
+def sniff_separator(path: Path, n_lines: int = 20, n_bytes: int = 1 << 16) -> str:
+    """The separator of a delimited text file with a header: the first of :data:`_SNIFF` that splits each of the
+    first ``n_lines`` non-empty lines into the same number (>= 2) of fields (CSV quoting respected); failing
+    that, the one giving the header the most fields; ``,`` when none splits it."""
+    with open(path, "rb") as fh:
+        head = fh.read(n_bytes)
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    lines = text.splitlines()
+    if len(head) == n_bytes and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut
+    lines = [ln for ln in lines if ln.strip()][:n_lines]
+    if not lines:
+        return ","
+
+    def fields(sep: str) -> list[int]:
+        if sep == "::":
+            return [len(ln.split("::")) for ln in lines]
+        return [len(rec) for rec in csv.reader(lines, delimiter=sep, quotechar='"')]
+
+    counts = {sep: fields(sep) for sep in _SNIFF}
+    for sep, n in counts.items():
+        if n[0] >= 2 and len(set(n)) == 1:
+            return sep
+    best = max(_SNIFF, key=lambda sep: counts[sep][0])  # max keeps the first of equals: the preference order
+    return best if counts[best][0] >= 2 else ","
 
 
 def _feature_column(table: _Table, name: str, kind: str) -> np.ndarray:
@@ -1029,7 +1074,31 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
         raise TypeError(f"import_generic: mapping must be an ImportMapping, got {type(mapping).__name__}")
     path = Path(path)
     log = _read_generic(path, fmt, mapping)
-    needed = {"user": mapping.user, "item": mapping.item, "timestamp": mapping.timestamp}
+    return _import_log(log, fmt, mapping, mapping.name or (path.stem if path.is_file() else path.name), path.name)
+
+
+def import_frame(frame: pd.DataFrame, *, mapping: ImportMapping | None = None, **fields: Any) -> Dataset:
+    """A pandas DataFrame of interactions -> Dataset, with ``mapping`` or the :class:`ImportMapping` fields as
+    keywords, checked as a file would be (errors name the column and the 0-based row). ``users_file`` /
+    ``items_file`` do not apply: user and item features come from the frame itself."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"import_frame: expected a pandas DataFrame, got {type(frame).__name__}")
+    mapping = _mapping(mapping, fields)
+    if mapping.users_file or mapping.items_file:
+        raise ConfigError("users_file/items_file: not for a DataFrame (features are read from the frame itself)")
+    if len(frame) == 0:
+        raise DatasetError("DataFrame: no rows")
+    name = mapping.name or "dataframe"
+    log = _Table(Path(f"DataFrame {name!r}"), frame.reset_index(drop=True), None, None)
+    return _import_log(log, "dataframe", mapping, name, "DataFrame")
+
+
+def _import_log(log: _Table, fmt: str, mapping: ImportMapping, name: str, source: str) -> Dataset:
+    """The canonical dataset of a read log (see :func:`import_generic`)."""
+    tcol = _time_column(log, mapping)
+    needed = {"user": mapping.user, "item": mapping.item}
+    if tcol is not None:
+        needed["timestamp"] = tcol
     if mapping.rating:
         needed["rating"] = mapping.rating
     needed.update({f"labels.{c}": c for c in mapping.labels})
@@ -1044,7 +1113,10 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
                 f"{log.path}: the mapping ({key}) names column {cname!r}, which does not exist; "
                 f"columns present: {list(log.df.columns)}"
             )
-    ts = _timestamps(log, mapping.timestamp, mapping.timestamp_unit)
+    if tcol is not None:
+        ts = _timestamps(log, tcol, mapping.timestamp_unit)
+    else:  # untimed: the row order stands in for time (histories stay in file order); no split may use it as time
+        ts = np.arange(len(log.df), dtype=np.int64)
     # side files are read before the ids are converted, so int-or-string is decided over every file
     users_t = _read_side(log, fmt, mapping, mapping.users_file, mapping.user, "user") if mapping.users_file else None
     items_t = _read_side(log, fmt, mapping, mapping.items_file, mapping.item, "item") if mapping.items_file else None
@@ -1052,6 +1124,8 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
     iids = _ids([(log, mapping.item)] + ([(items_t, mapping.item)] if items_t else []), "item")
     inter: dict[str, Any] = {"user_id": uids[0], "item_id": iids[0], "timestamp": ts}
     specs = dict(_BASE_INTERACTIONS)
+    if tcol is None:
+        specs["timestamp"] = col("timestamp", description=f"row position in {source} (the log has no times)")
     if mapping.rating is not None:
         rating = _numbers(log, mapping.rating, "rating")
         if mapping.rating_range is not None:
@@ -1065,8 +1139,11 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
     for cname, kind in mapping.labels.items():
         if kind == "binary":
             inter[cname] = _binary(log, cname)
+        elif kind == "count":
+            inter[cname] = _counts(log, cname)
         else:
             inter[cname] = _numbers(log, cname, "graded label").astype(np.float32)
+            _hint_counts(log, cname, inter[cname])
         specs[cname] = col("label", kind)
     label_kinds = mapping.label_names()
     if "interaction" in label_kinds and "interaction" not in inter:  # neither rating nor labels: implicit log
@@ -1086,15 +1163,55 @@ def import_generic(path: Path, fmt: str, mapping: ImportMapping) -> Dataset:
         items = (_side_frame(items_t, mapping.item, iids[1], mapping.item_features, "item", interactions["item_id"])
                  if items_t else _log_frame(log, iids[0], ts, mapping.item_features, "item"))
     schema = make_schema(
-        mapping.name or (path.stem if path.is_file() else path.name),
+        name,
         specs,
         positive_label=positive,
         users=_feature_specs(mapping.user_features, "user") if users is not None else None,
         items=_feature_specs(mapping.item_features, "item") if items is not None else None,
         has_impressions=bool((interactions[positive] == 0).any()),
-        source=f"{fmt}: {path.name}",
+        source=f"{fmt}: {source}",
+        has_timestamps=tcol is not None,
     )
     return _finish(Dataset(schema=schema, interactions=interactions, users=users, items=items))
+
+
+def _time_column(log: _Table, mapping: ImportMapping) -> str | None:
+    """The log's time column, or None for an untimed log (see :class:`ImportMapping`; the choice is logged)."""
+    if mapping.timestamp is None:
+        if "timestamp" in log.df.columns:
+            return "timestamp"
+        logger.warning(
+            "%s: no 'timestamp' column (columns: %s): importing an untimed log; the rows keep their file order "
+            "and only the random_holdout split applies (name the time column with timestamp=COLUMN)",
+            log.path, list(log.df.columns),
+        )
+        return None
+    if mapping.timestamp.lower() == UNTIMED:
+        logger.info("%s: timestamp 'none': importing an untimed log (only the random_holdout split applies)", log.path)
+        return None
+    return mapping.timestamp
+
+
+def _counts(table: _Table, name: str) -> np.ndarray:
+    """(N,) int64 event counts (integers >= 0) of a ``count`` label; anything else is an error naming the row."""
+    v = _numbers(table, name, "count")
+    bad = (v < 0) | (v != np.floor(v))
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise table.error(name, r, f"a count must be an integer >= 0, got {v[r]:g}")
+    return v.astype(np.int64)
+
+
+COUNT_HINT_MAX = 1000  # a graded label of integers >= 0 reaching this is probably a count
+
+
+def _hint_counts(table: _Table, name: str, v: np.ndarray) -> None:
+    if len(v) and v.min() >= 0 and v.max() >= COUNT_HINT_MAX and np.all(v == np.floor(v)):
+        logger.warning(
+            "%s: graded label %r holds integers from %g to %g: if they count events (plays, views), declare its "
+            "kind 'count' (labels.%s: count) so that baselines log-scale them instead of reading them as ratings",
+            table.path, name, float(v.min()), float(v.max()), name,
+        )
 
 
 def import_csv(path: Path, *, mapping: ImportMapping | None = None, **fields: Any) -> Dataset:

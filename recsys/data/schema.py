@@ -16,6 +16,9 @@ Layout::
     format_version: 1
     positive_label: interaction      # the label that makes an interaction an engagement (relevant item)
     has_impressions: false           # true: rows with positive_label == 0 are shown-but-not-engaged
+    has_timestamps: true             # false: an untimed log; ``timestamp`` is then the row's position in the
+                                     # source file (an order, not a time) and only random_holdout splits apply
+                                     # (written only when false)
     tables:
       interactions:
         file: interactions.parquet
@@ -76,6 +79,7 @@ class Role(str, enum.Enum):
 class Kind(str, enum.Enum):
     BINARY = "binary"
     GRADED = "graded"
+    COUNT = "count"  # a label that counts events (plays, views): integers >= 0, heavy-tailed, not a rating
     CATEGORICAL = "categorical"
     NUMERIC = "numeric"
 
@@ -104,6 +108,7 @@ class DatasetSchema:
     positive_label: str
     format_version: int = FORMAT_VERSION
     has_impressions: bool = False
+    has_timestamps: bool = True
     description: str = ""
     source: str = ""
 
@@ -115,6 +120,8 @@ class DatasetSchema:
     def context_columns(self) -> list[str]:
         return self.tables["interactions"].names(Role.CONTEXT)
 
+
+LABEL_KINDS = (Kind.BINARY, Kind.GRADED, Kind.COUNT)
 
 KNOWN_TABLES = {
     "interactions": ("interactions.parquet", (Role.USER_ID, Role.ITEM_ID, Role.TIMESTAMP)),
@@ -180,8 +187,10 @@ def parse_schema(raw: Any, where: str) -> DatasetSchema:
                     f"{where}: tables.{tname}: needs exactly one column with role {role.value!r}, found {found}"
                 )
         for cname, col in table.columns.items():
-            if col.role is Role.LABEL and col.kind not in (Kind.BINARY, Kind.GRADED):
-                raise DatasetError(f"{where}: tables.{tname}.columns.{cname}: a label needs kind binary or graded")
+            if col.role is Role.LABEL and col.kind not in LABEL_KINDS:
+                raise DatasetError(
+                    f"{where}: tables.{tname}.columns.{cname}: a label needs kind binary, graded or count"
+                )
             if col.role is Role.LABEL and tname != "interactions":
                 raise DatasetError(f"{where}: tables.{tname}.columns.{cname}: labels belong to interactions")
     labels = schema.labels
@@ -217,6 +226,8 @@ def schema_to_yaml(schema: DatasetSchema) -> str:
     for k in ("description", "source"):
         if not data.get(k):
             data.pop(k)
+    if data.get("has_timestamps") is True:  # the usual case: datasets written before the key read the same
+        data.pop("has_timestamps")
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -268,6 +279,13 @@ def validate_table(df: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFram
             bad = np.isnan(v)
             if bad.any():
                 raise DatasetError(f"{where}: label column {name!r} is missing at row {_first_bad_row(bad)}")
+            if col.kind is Kind.COUNT:
+                bad = (v < 0) | (v != np.floor(v))
+                if bad.any():
+                    r = _first_bad_row(bad)
+                    raise DatasetError(
+                        f"{where}: count label {name!r} must hold integers >= 0, got {float(v[r])!r} at row {r}"
+                    )
             if col.kind is Kind.BINARY:
                 bad = (v != 0) & (v != 1)
                 if bad.any():
@@ -383,6 +401,7 @@ def make_schema(
     has_impressions: bool = False,
     description: str = "",
     source: str = "",
+    has_timestamps: bool = True,
 ) -> DatasetSchema:
     """Convenience constructor used by importers and the synthetic world; validates like a read schema."""
     tables = {"interactions": TableSpec("interactions.parquet", interactions)}
@@ -394,6 +413,7 @@ def make_schema(
         tables=tables,
         positive_label=positive_label,
         has_impressions=has_impressions,
+        has_timestamps=has_timestamps,
         description=description,
         source=source,
     )

@@ -14,6 +14,14 @@ and the same for any row order of the log. File order would decide it otherwise,
 (MovieLens' ratings.csv: 3.6% of its leave-last-10 test rows sit in such groups) would send the highest item
 ids to the test window.
 
+``random_holdout`` is the protocol for logs without timestamps (``has_timestamps: false``, where the timestamp
+column is only the file order): each user's events are shuffled (seeded) and cut by the window fractions with
+a random offset per user (systematic sampling), so every window holds, in expectation exactly and per user
+within one event, its fraction of each user's events. ``auto`` resolves to ``temporal`` on timed data and to
+``random_holdout`` on untimed data. The temporal protocols (``temporal``, ``leave_last_n``) are refused on an
+untimed log, and a split that leaves a window empty is refused with its cause (constant or concentrated
+timestamps, too few events per user) instead of handing empty windows to training.
+
 Optional k-core filtering keeps users and items with at least ``k`` interactions, iterated to a fixed point,
 before the split.
 """
@@ -28,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.configlib import SplitBasis, SplitConfig, SplitMethod, to_dict
-from recsys.data.schema import DATASET_YAML, Dataset, Role, write_dataset
+from recsys.configlib import TEMPORAL_METHODS, ConfigError, SplitBasis, SplitConfig, SplitMethod, to_dict
+from recsys.data.schema import DATASET_YAML, Dataset, DatasetError, Role, write_dataset
 from recsys.io import atomic_output_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -152,10 +160,27 @@ def tie_keys(inter: pd.DataFrame, user_col: str, item_col: str, seed: int) -> tu
     return primary, secondary
 
 
+def resolve_method(ds: Dataset, cfg: SplitConfig) -> SplitConfig:
+    """``cfg`` with ``auto`` resolved for ``ds`` (logged); a temporal method on an untimed log is a ConfigError."""
+    method = cfg.method.resolve(ds.schema.has_timestamps)
+    if method is not cfg.method:
+        logger.info("split.method auto: %s (the dataset %s timestamps)", method.value,
+                    "has" if ds.schema.has_timestamps else "has no")
+        cfg = dataclasses.replace(cfg, method=method)
+    if method in TEMPORAL_METHODS and not ds.schema.has_timestamps:
+        raise ConfigError(
+            f"split.method: {method.value!r} needs timestamps, but dataset {ds.schema.name!r} has none (an untimed "
+            "log: its timestamp column is the file order); valid protocol: random_holdout "
+            "(--set split.method=random_holdout)"
+        )
+    return cfg
+
+
 def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
     """Split ``ds.interactions`` into the windows of ``cfg`` (see the module docstring). With
     ``cfg.validation`` the interactions before the test window are split again the same way (the validation
     protocol: the test window is never seen)."""
+    cfg = resolve_method(ds, cfg)
     if cfg.validation:
         inner = dataclasses.replace(cfg, validation=False)
         outer = split_dataset(ds, inner)
@@ -179,6 +204,8 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
     if cfg.method is SplitMethod.TEMPORAL:
         cutoffs = tuple(cfg.cutoffs) or temporal_cutoffs(ts, list(cfg.windows.values()), cfg.basis)
         win = np.searchsorted(np.asarray(cutoffs, dtype=np.int64), ts, side="right")
+    elif cfg.method is SplitMethod.RANDOM_HOLDOUT:
+        win = random_holdout_windows(pd.factorize(inter[ucol])[0], list(cfg.windows.values()), cfg.seed)
     else:
         ucodes = pd.factorize(inter[ucol])[0]
         primary, secondary = tie_keys(inter, ucol, icol, cfg.tie_seed)
@@ -193,11 +220,62 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
         win = np.empty(len(order), dtype=np.int64)
         win[order] = w_sorted
     windows = {name: inter[win == i].reset_index(drop=True) for i, name in enumerate(names)}
-    split = Split(dataset=ds, windows=windows, config=cfg, cutoffs=cutoffs)
-    for name, df in windows.items():
-        if len(df) == 0:
-            logger.warning("split window %r is empty", name)
-    return split
+    empty = [name for name, df in windows.items() if len(df) == 0]
+    if empty:
+        raise DatasetError(_empty_windows_cause(ds.schema.name, inter, ucol, ts, cfg, cutoffs, empty))
+    return Split(dataset=ds, windows=windows, config=cfg, cutoffs=cutoffs)
+
+
+def random_holdout_windows(users: np.ndarray, fractions: list[float], seed: int = 0) -> np.ndarray:
+    """(R,) window index of each row for the ``random_holdout`` protocol; ``users`` (R,) int codes.
+
+    Each user's rows are put in a seeded random order; row ``p`` (0-based) of a user with ``n`` rows gets the
+    position ``q = (p + o) / n`` with the user's random offset ``o`` in [0, 1) and goes to the window whose
+    cumulative fraction interval holds ``q``. So a window of fraction ``f`` receives ``f * n`` of the user's
+    rows in expectation and ``floor`` or ``ceil`` of it always; a user with fewer rows than windows lands in
+    windows at random, in proportion to the fractions.
+    """
+    rng = np.random.default_rng(seed)
+    n_rows = len(users)
+    order = np.lexsort((rng.random(n_rows), users))  # by user, then random
+    u = users[order]
+    start = np.r_[True, u[1:] != u[:-1]] if n_rows else np.zeros(0, dtype=bool)
+    run_start = np.flatnonzero(start)
+    run_id = np.cumsum(start) - 1
+    pos = np.arange(n_rows) - run_start[run_id]
+    size = np.diff(np.r_[run_start, n_rows])[run_id]
+    offset = rng.random(len(run_start))[run_id]
+    cum = np.cumsum(fractions)[:-1]
+    win = np.empty(n_rows, dtype=np.int64)
+    win[order] = np.searchsorted(cum, (pos + offset) / size, side="right")
+    return win
+
+
+def _empty_windows_cause(name: str, inter: pd.DataFrame, ucol: str, ts: np.ndarray, cfg: SplitConfig,
+                         cutoffs: tuple[int, ...], empty: list[str]) -> str:
+    """The one-line refusal of a split that leaves ``empty`` windows, naming the likely cause and the fix."""
+    head = f"split of {name!r}: window(s) {empty} would be empty"
+    if cfg.method is SplitMethod.TEMPORAL:
+        values, counts = np.unique(ts, return_counts=True)
+        if len(values) == 1:
+            return (f"{head}: all {len(ts):,} events have the same timestamp {int(values[0])} (constant "
+                    "timestamps); a temporal split needs times that vary: use --set split.method=random_holdout")
+        top = int(np.argmax(counts))
+        share = counts[top] / len(ts)
+        if cfg.cutoffs:
+            return (f"{head}: the cut-offs {list(cutoffs)} leave no event in them (events span "
+                    f"{int(ts.min())} .. {int(ts.max())}); set split.cutoffs inside that range")
+        if share >= min(cfg.windows.values()):
+            return (f"{head}: {share:.1%} of the {len(ts):,} events share the timestamp {int(values[top])} "
+                    f"({len(values):,} distinct timestamps), so no cut-off can separate them; use "
+                    "--set split.method=random_holdout, or fix the timestamps")
+        return (f"{head}: the events are unevenly spread over {int(ts.min())} .. {int(ts.max())} "
+                f"(cut-offs {list(cutoffs)}); use --set split.basis=events (cut at time quantiles of the events)")
+    per_user = inter[ucol].value_counts().to_numpy()
+    what = (f"leave_last_n gives each user's last {cfg.n} events to each later window; lower split.n"
+            if cfg.method is SplitMethod.LEAVE_LAST_N else "the window fractions are too small for them")
+    return (f"{head}: the {len(per_user):,} users have at most {int(per_user.max())} events each (median "
+            f"{int(np.median(per_user))}), and {what}")
 
 
 def write_split(split: Split, out: str | Path, overwrite: bool = False) -> None:
@@ -215,4 +293,5 @@ def write_split(split: Split, out: str | Path, overwrite: bool = False) -> None:
     logger.info("wrote split to %s (%s)", out, ", ".join(split.names))
 
 
-__all__ = ["Split", "split_dataset", "write_split", "kcore_filter", "temporal_cutoffs", "tie_keys", "DATASET_YAML"]
+__all__ = ["Split", "split_dataset", "resolve_method", "random_holdout_windows", "write_split", "kcore_filter",
+           "temporal_cutoffs", "tie_keys", "DATASET_YAML"]
