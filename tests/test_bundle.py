@@ -110,7 +110,7 @@ def test_check_trained_on_refuses_another_split_or_dataset(tmp_path, caplog):
     check_trained_on(b, split, _fake_dataset(tmp_path / "copy"))  # same contents elsewhere: the same data
     with pytest.raises(BundleError, match=r"another split \(split\.n: 2 here, 10 in the bundle\)"):
         check_trained_on(b, from_dict(SplitConfig, {**LL10, "n": 2}), d)
-    with pytest.raises(BundleError, match=r"split\.method: \"temporal\" here.*split\.n: 1 here"):
+    with pytest.raises(BundleError, match=r"split\.method: \"auto\" here.*split\.n: 1 here"):
         check_trained_on(b, SplitConfig(), d)
     reordered = {**LL10, "windows": {"train": 0.7, "rank": 0.1, "prerank": 0.1, "test": 0.1}}
     with pytest.raises(BundleError, match=r"split\.windows"):

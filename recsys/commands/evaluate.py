@@ -260,6 +260,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = from_dict(Config, apply_overrides(bundle.manifest["config"], args.overrides))
     else:
         cfg = load_config(args.config, args.overrides)
+    from recsys.bundle import check_trained_on
+    from recsys.configlib import SplitMethod
+
+    deferred = cfg.split.method is SplitMethod.AUTO  # resolved by check_config below, as training resolved it
+    if bundle is not None and not deferred:
+        check_trained_on(bundle, cfg.split, args.data)  # a config's or --set's split must be the bundle's
     backend = args.backend or ("ray" if args.ray_address else cfg.eval.backend.value)
     ray_cfg = cfg.ray
     if args.ray_address:
@@ -270,10 +276,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     named = None if args.systems is None else [n for n in args.systems if n in BASELINES]
     cfg = check_config(cfg, ds, stages=args.bundle is not None, baselines=named)  # before any work
-    if bundle is not None:  # after check_config, which resolves split.method auto as training did
-        from recsys.bundle import check_trained_on
-
-        check_trained_on(bundle, cfg.split, args.data)  # a config's or --set's split must be the bundle's
+    if bundle is not None and deferred:
+        check_trained_on(bundle, cfg.split, args.data)
     baselines, systems = select_systems(args.systems, build_systems(args, ds, cfg), cfg.eval.baselines)
     systems, twins = drop_identical(systems)
     extra, reliability = engine_extras(systems, ds, cfg)
