@@ -202,8 +202,11 @@ class ContextsAt:
 def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
     """Fit the funnel and every selected system's stages (cascade-consistent, point-in-time; see the module
     docstring) and write the bundle under ``out`` (a new version). The manifest records the funnel and, per
-    system, its stages (name, type, cut-off, folder)."""
-    cfg = seeded(cfg)
+    system, its stages (name, type, cut-off, folder). The config is first checked against the dataset
+    (:func:`recsys.validate.check_config`), so every caller gets the one-line errors before any training."""
+    from recsys.validate import check_config
+
+    cfg = check_config(seeded(cfg), ds)
     split = split_dataset(ds, cfg.split)
     windows = stage_windows(split, cfg.engine)
     funnel = cfg.engine.stages
@@ -212,7 +215,7 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
     cand_name, cand_type, _ = funnel[0]
     catalog = Catalog.from_dataset(ds, train=split[windows[RETRIEVAL]])
     logger.info("training the funnel %s on windows %s (catalogue: %d users, %d items); systems %s",
-                cfg.engine.funnel, windows, catalog.n_users, catalog.n_items, [s.name for s in systems])
+                cfg.engine.sizes, windows, catalog.n_users, catalog.n_items, [s.name for s in systems])
     retrieval = build_stage(cand_name, cand_type, stage_config(cfg, cand_name, cand_type)).fit(FitContext(
         ds, catalog, split, windows[RETRIEVAL], split.before(windows[RETRIEVAL]),
         valid=split[windows["retrieval_valid"]], seed=cfg.seed))
