@@ -17,11 +17,12 @@ works) and implicit (one small base contract and one shared test suite, ``tests/
 * ``save(folder)`` and the classmethod ``load(folder, catalog)`` (no pickle: JSON, ``.npy``, safetensors,
   LightGBM text, FAISS).
 
-The funnel is ``engine.funnel`` in the config, an ordered mapping ``{stage name: cut-off}`` whose first entry is
-the candidate stage. A stage's name is also its registry type (:data:`STAGES`) unless ``engine.types`` maps it
-to another; its config is the top-level section of its type (``retrieval``, ``prerank``, ``rank``) or, for a
-type registered from outside, ``stage_params.<name>`` parsed by the type's config class. Adding a scoring stage
-is therefore: its module, one :func:`register_stage` line, and the config.
+The funnel is ``engine.funnel`` in the config, the stages in order with their cut-offs
+(``[{stage: retrieval, k: 1000}, {stage: prerank, k: 100}, {stage: rank, k: 10}]``), the first being the
+candidate stage. A stage's ``type`` (its :data:`STAGES` entry) defaults to its name; its config is the
+top-level section of its type (``retrieval``, ``prerank``, ``rank``) or, for a type registered from outside,
+``stage_params.<name>`` parsed by the type's config class. Adding a scoring stage is therefore: its module,
+one :func:`register_stage` line, and the config.
 """
 
 from __future__ import annotations
