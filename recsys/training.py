@@ -14,8 +14,9 @@ scores of its training rows are those it is served (nothing is sized by hand). E
 **Point-in-time features.** A stage's training rows are assembled with feature contexts fitted on the
 look-back (:func:`lookback_events`) that ends where its window begins, and its upstream stages score with the
 same contexts; the bundle's stages then get contexts on the same look-back ending at the test window (the
-serving snapshot). With ``retrieval.refit`` the two-tower is also retrained on every window before the test
-window: fresher, but the rankers were trained on the other two-tower's scores (off by default; see README).
+serving snapshot). With ``retrieval.refit`` (walk-forward) the two-tower is retrained on every window before
+each scoring stage's window, and that refit is the stage's upstream; the bundle serves the one retrained on
+every window before the test window (:func:`refit_candidates`).
 
 **Seeds.** ``cfg.seed`` offsets every stage's own seed (:func:`seeded`): ``--set seed=N`` is a replicate.
 """
@@ -221,11 +222,22 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
         valid=split[windows["retrieval_valid"]], seed=cfg.seed))
     metrics: dict = {cand_name: {"epochs": retrieval.history}}
     contexts: dict[str, ContextsAt] = {}
+    as_of: dict[str, tuple[Catalog, object]] = {}  # window -> (catalogue, two-tower) that serve it
+
+    def served(window_of: str) -> tuple[Catalog, object]:
+        """The catalogue and candidate stage that serve ``window_of``: the first two-tower, or with
+        ``retrieval.refit`` one retrained on every window before it (walk-forward)."""
+        w = windows[window_of]
+        if not cfg.retrieval.refit or split.names.index(w) <= 1:
+            return catalog, retrieval
+        if w not in as_of:
+            as_of[w] = refit_candidates(ds, cfg, split, w, retrieval)
+        return as_of[w]
 
     def at(window_of: str) -> ContextsAt:
         if window_of not in contexts:
-            contexts[window_of] = ContextsAt(ds, catalog, lookback_events(split, windows, window_of,
-                                                                          catalog.time_col))
+            contexts[window_of] = ContextsAt(ds, served(window_of)[0], lookback_events(
+                split, windows, window_of, catalog.time_col))
         return contexts[window_of]
 
     trained: dict[str, tuple[str, object]] = {}  # plan key -> (folder, fitted stage)
@@ -243,15 +255,17 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
             if p.key not in trained:
                 folder = p.name if system.name == "engine" else f"{p.name}@{system.name}"
                 ctx_at = at(p.name)
+                cat_at, retrieval_at = served(p.name)
                 up_key = (p.name, p.upstream)  # this window, this upstream
                 if up_key not in upstreams:  # stages with one upstream on one window share its candidates
-                    upstreams[up_key] = Engine(retrieval, [(ctx_at.stage(s), k) for s, k in stages], plan[0].k,
-                                               name=f"{system.name}<{p.name}", catalog=catalog, memo={})
+                    upstreams[up_key] = Engine(retrieval_at, [(ctx_at.stage(s), k) for s, k in stages],
+                                               plan[0].k, name=f"{system.name}<{p.name}", catalog=cat_at,
+                                               memo={})
                 upstream = upstreams[up_key]
                 logger.info("system %s: training stage %s (%s) on window %r, upstream %s -> %s", system.name,
                             p.name, p.type, windows[p.name], [plan[0].k] + [k for _, k in stages], folder)
                 stage = build_stage(p.name, p.type, p.cfg).fit(FitContext(
-                    ds, catalog, split, windows[p.name], split.before(windows[p.name]), upstream=upstream,
+                    ds, cat_at, split, windows[p.name], split.before(windows[p.name]), upstream=upstream,
                     features=ctx_at.get, seed=cfg.seed, k=p.k))
                 trained[p.key] = (folder, stage)
                 metrics[folder] = getattr(stage, "valid_metrics", {})
@@ -267,10 +281,12 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
                 continue
         layout[system.name] = {"stages": entries, **({"derive": system.derive} if system.derive else {})}
     upstreams.clear()  # the memos hold every training window's candidates
+    as_of.clear()
     scoring = {folder: stage for folder, stage in trained.values()}
     catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, catalog, retrieval, scoring)
     if cfg.retrieval.refit:
-        metrics[cand_name]["refit"] = {"users": catalog.n_users, "epochs": len(retrieval.history)}
+        metrics[cand_name]["refit"] = {"users": catalog.n_users, "epochs": len(retrieval.history),
+                                       "windows": split.names[:split.names.index(windows["test"])]}
     writers = {"catalog": lambda d: save_catalog(catalog, d), cand_name: retrieval.save}
     writers.update({folder: stage.save for folder, stage in scoring.items()})
     data = data_fingerprint(ds.path) if ds.path is not None else {"sha256": None}
@@ -284,27 +300,36 @@ def refresh_snapshot(ds: Dataset, cfg: Config, split: Split, windows: dict, cata
                      scoring: dict):
     """The serving snapshot at the start of the test window: every scoring stage's feature context refitted on
     the look-back ending there (point-in-time, as during training) and, with ``retrieval.refit``, the two-tower
-    retrained on every window before the test window (for the epochs early stopping chose) with the users of
-    those windows. Returns the serving (catalog, retrieval stage)."""
+    retrained on every window before the test window (:func:`refit_candidates`). Returns the serving
+    (catalog, retrieval stage)."""
     if cfg.retrieval.refit:
-        history = split.before(windows["test"])
-        catalog = Catalog.from_dataset(ds, train=history)
-        recalls = [row.get(f"recall@{cfg.retrieval.two_tower.eval_k}", float("nan")) for row in retrieval.history]
-        finite = [i for i, r in enumerate(recalls) if r == r]
-        best_epoch = (max(finite, key=lambda i: recalls[i]) + 1) if finite else len(recalls)
-        tt = dataclasses.replace(cfg.retrieval.two_tower, max_epochs=max(best_epoch, 1))
-        logger.warning("retrieval.refit: the two-tower is retrained on %d windows before %r for %d epochs (%d "
-                       "users); the scoring stages were trained on the first two-tower's candidates and scores",
-                       split.names.index(windows["test"]), windows["test"], tt.max_epochs, catalog.n_users)
-        name = retrieval.name
-        retrieval = build_stage(name, stage_type_of(cfg, name), dataclasses.replace(cfg.retrieval, two_tower=tt))
-        retrieval = retrieval.fit(FitContext(ds, catalog, split, windows[RETRIEVAL], history.iloc[:0], train=history,
-                                             seed=cfg.seed))
+        catalog, retrieval = refit_candidates(ds, cfg, split, windows["test"], retrieval)
     at_test = ContextsAt(ds, catalog, lookback_events(split, windows, "test", catalog.time_col))
     for stage in scoring.values():
         if uses_feature_context(stage):
             stage.ctx = at_test.get(stage.cfg)
     return catalog, retrieval
+
+
+def refit_candidates(ds: Dataset, cfg: Config, split: Split, window: str, first) -> tuple[Catalog, object]:
+    """Walk-forward refit (``retrieval.refit``): the candidate stage retrained on every window before
+    ``window``, with those windows' users, for the epochs early stopping chose for ``first`` (the stage trained
+    on the first window). Each scoring stage is trained on the candidates and scores of the refit as of its own
+    window, and the bundle serves the refit as of the test window: every upstream score a stage learns from
+    comes from a model that never saw the row's label and is as fresh, relative to the rows, as the one it is
+    served. Returns (catalogue, fitted candidate stage)."""
+    history = split.before(window)
+    catalog = Catalog.from_dataset(ds, train=history)
+    recalls = [row.get(f"recall@{cfg.retrieval.two_tower.eval_k}", float("nan")) for row in first.history]
+    finite = [i for i, r in enumerate(recalls) if r == r]
+    best_epoch = (max(finite, key=lambda i: recalls[i]) + 1) if finite else len(recalls)
+    tt = dataclasses.replace(cfg.retrieval.two_tower, max_epochs=max(best_epoch, 1))
+    logger.info("retrieval.refit: the candidate stage is retrained on the %d windows before %r for %d epochs "
+                "(%d users)", split.names.index(window), window, tt.max_epochs, catalog.n_users)
+    name = first.name
+    stage = build_stage(name, stage_type_of(cfg, name), dataclasses.replace(cfg.retrieval, two_tower=tt))
+    return catalog, stage.fit(FitContext(ds, catalog, split, split.names[0], history.iloc[:0], train=history,
+                                         seed=cfg.seed))
 
 
 def uses_feature_context(stage) -> bool:

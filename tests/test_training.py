@@ -53,3 +53,63 @@ def test_contexts_at_share_one_context_per_config_and_copy_stages(tiny):
     # the rank-window context counts the engagements up to the rank window: more than the train window's
     train_ctx_events = lookback_events(split, windows, "prerank", "timestamp")
     assert not np.array_equal(np.sort(train_ctx_events.index), np.sort(at.events.index))
+
+
+def test_refit_is_walk_forward_every_stage_learns_from_the_two_tower_that_serves_its_window(tmp_path, monkeypatch):
+    """``retrieval.refit``: the pre-ranker's upstream is the first two-tower (only the train window precedes its
+    window), the heavy ranker's a two-tower retrained on the train and pre-rank windows with their users, and the
+    bundle serves one retrained on every window before the test window, never a model a stage did not see as
+    of its own window."""
+    import torch
+
+    import recsys.training as tr
+    from recsys.config import load_config
+    from recsys.data.schema import read_dataset
+
+    torch.set_num_threads(1)
+    synthesize("tiny", 0, tmp_path / "data")
+    ds = read_dataset(tmp_path / "data")
+    cfg = load_config(None, ["retrieval.two_tower.max_epochs=2", "retrieval.two_tower.threads=1",
+                             "retrieval.index_factory=Flat", "prerank.n_estimators=20", "rank.train.max_epochs=2",
+                             "systems=[engine]", "retrieval.refit=true",
+                             "engine.funnel=[{stage: retrieval, k: 60}, {stage: prerank, k: 30}, "
+                             "{stage: rank, k: 10}]"])
+    refits: dict[str, tuple] = {}
+    real_refit, real_build = tr.refit_candidates, tr.build_stage
+
+    def refit_spy(ds_, cfg_, split_, window, first):
+        out = real_refit(ds_, cfg_, split_, window, first)
+        refits[window] = (out, first, split_.before(window))
+        return out
+
+    contexts: dict[str, object] = {}
+
+    def build_spy(name, type_name, stage_cfg):
+        stage = real_build(name, type_name, stage_cfg)
+        fit = stage.fit
+
+        def fit_spy(ctx):
+            contexts[name] = ctx
+            return fit(ctx)
+
+        stage.fit = fit_spy
+        return stage
+
+    monkeypatch.setattr(tr, "refit_candidates", refit_spy)
+    monkeypatch.setattr(tr, "build_stage", build_spy)
+    bundle = tr.train_engine(ds, cfg, tmp_path / "bundle")
+    assert sorted(refits) == ["rank", "test"]
+    (rank_catalog, rank_tt), first, before_rank = refits["rank"]
+    assert contexts["prerank"].upstream.retrieval is first  # nothing but the train window precedes prerank
+    assert contexts["rank"].upstream.retrieval is rank_tt and contexts["rank"].catalog is rank_catalog
+    assert contexts["rank"].upstream.catalog is rank_catalog
+    first_window = split_dataset(ds, cfg.split)["train"]
+    assert rank_catalog.n_users == before_rank["user_id"].nunique() > first_window["user_id"].nunique()
+    (test_catalog, test_tt), _, before_test = refits["test"]
+    assert test_catalog.n_users == before_test["user_id"].nunique()
+    served = tr.load_engine(bundle.path)
+    assert served.catalog.n_users == test_catalog.n_users
+    np.testing.assert_array_equal(served.retrieval.item_vectors, test_tt.item_vectors)
+    assert not np.array_equal(rank_tt.item_vectors, test_tt.item_vectors)
+    assert bundle.manifest["metrics"]["retrieval"]["refit"]["windows"] == ["train", "prerank", "rank"]
+

@@ -90,10 +90,10 @@ class RetrievalConfig:
                       either fills what the other leaves empty); cold users get popularity only
     popularity_days   count popularity over the last this many days of the train window (0: all of it)
     exclude_seen      never return items of the request's history (``Requests.exclude`` is always honoured)
-    refit             after the downstream stages are trained, retrain the two-tower for the bundle on every
-                      window before the held-out one (see :func:`recsys.training.refresh_snapshot`). Off by
-                      default: the scoring stages were trained on the first two-tower's candidates and scores,
-                      so a refit serves them a model they never saw
+    refit             walk-forward: each scoring stage's upstream two-tower is retrained on every window
+                      before that stage's window, and the bundle serves one retrained on every window before
+                      the held-out one (see :func:`recsys.training.refit_candidates`); off: one two-tower,
+                      trained on the first window, serves every stage and the bundle
     graph_share       fraction of the k slots reserved for the graph source (the user's top personalized
                       PageRank items on the item graph of the train window); 0 disables the source
     graph, ppr        the item graph (co-engagement + explicit links) and the PPR computation of that source
