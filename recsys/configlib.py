@@ -209,6 +209,25 @@ class EASEParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ALSParams:
+    """``als`` (implicit's ALS): latent ``factors``, L2 ``regularization``, confidence ``alpha`` of a positive,
+    ``iterations`` alternating sweeps."""
+
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 10.0
+    iterations: int = 15
+
+    def __post_init__(self) -> None:
+        _check("eval.baseline_params.als", [
+            ("factors", self.factors >= 1, ">= 1", self.factors),
+            ("regularization", self.regularization > 0, "> 0", self.regularization),
+            ("alpha", self.alpha > 0, "> 0", self.alpha),
+            ("iterations", self.iterations >= 1, ">= 1", self.iterations),
+        ])
+
+
+@dataclasses.dataclass(frozen=True)
 class BaselineParams:
     """Each baseline's settings (``eval.baseline_params``), tunable like the engine's: e.g.
     ``--set eval.baseline_params.ease.l2=200`` or ``--set eval.baseline_params.itemknn.n_neighbors=50``.
@@ -218,6 +237,7 @@ class BaselineParams:
     itemknn: ItemKNNParams = dataclasses.field(default_factory=ItemKNNParams)
     svd: SVDParams = dataclasses.field(default_factory=SVDParams)
     ease: EASEParams = dataclasses.field(default_factory=EASEParams)
+    als: ALSParams = dataclasses.field(default_factory=ALSParams)
 
     def of(self, name: str) -> dict[str, Any]:
         """The keyword parameters of baseline ``name`` (``{}`` for one without settings)."""

@@ -50,6 +50,11 @@ def test_baseline_params_are_config_keys_checked_by_name():
         load_config(None, ["eval.baseline_params.ease.lambda=3"])
     with pytest.raises(ConfigError, match=r"eval\.baseline_params\.svd\.counts: 'sqrt' is not allowed"):
         load_config(None, ["eval.baseline_params.svd.counts=sqrt"])
+    als = load_config(None, ["eval.baseline_params.als.factors=16", "eval.baseline_params.als.alpha=40"])
+    assert als.eval.baseline_params.of("als") == {"factors": 16, "regularization": 0.05, "alpha": 40.0,
+                                                  "iterations": 15}
+    with pytest.raises(ConfigError, match=r"eval\.baseline_params\.als\.factors: must be >= 1, got 0"):
+        load_config(None, ["eval.baseline_params.als.factors=0"])
 
 
 def test_run_evaluation_builds_each_baseline_with_its_settings(tmp_path, monkeypatch):

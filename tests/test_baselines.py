@@ -32,6 +32,7 @@ SMALL = {
     "itemknn": {"n_neighbors": 5},
     "svd": {"n_factors": 4, "n_epochs": 5},
     "ease": {"l2": 10.0},
+    "als": {"factors": 4, "iterations": 5},
 }
 
 
@@ -280,7 +281,8 @@ def blocks():
     return ds, cat, req, cat.items.encode(np.array([held[u] for u in users]))
 
 
-@pytest.mark.parametrize("name, params", [("itemknn", {"n_neighbors": 100}), ("ease", {"l2": 1.0})])
+@pytest.mark.parametrize("name, params", [("itemknn", {"n_neighbors": 100}), ("ease", {"l2": 1.0}),
+                                          ("als", {"factors": 4, "regularization": 0.1, "iterations": 20})])
 def test_planted_blocks_precision_at_1(name, params, blocks):
     ds, cat, req, held = blocks
     model = make_baseline(name, **params).fit(ds.interactions, cat, ds.schema)
@@ -316,7 +318,7 @@ def test_history_models_score_the_request_history(name, world):
     np.testing.assert_allclose(model.score(req), ref + model.prior, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["itemknn", "ease"])
+@pytest.mark.parametrize("name", ["itemknn", "ease", "als"])
 def test_history_models_fall_back_to_popularity_without_history(name, world):
     """A request with no history scores 0 everywhere but the popularity tie-breaker: most popular first."""
     ds, cat = world
@@ -432,3 +434,23 @@ def test_svd_divergence_raises(ratings_world):
     with np.errstate(all="ignore"):
         with pytest.raises(RuntimeError, match="svd.*non-finite"):
             SVDBaseline(n_factors=4, n_epochs=50, lr_all=50.0, reg_all=0.0).fit(ds.interactions, cat, ds.schema)
+
+
+def test_als_scores_are_the_least_squares_fold_in_of_the_request_history(world):
+    """Slow reference: x = (Y^T Y + lambda I + (alpha - 1) Y_h^T Y_h)^-1 alpha Y_h^T 1 per request (dense numpy,
+    float64), score = x Y^T + the popularity tie-breaker; a training user's own history gives a factor close to
+    the one ALS fitted for it."""
+    ds, cat = world
+    model = make_baseline("als", factors=4, regularization=0.1, alpha=5.0, iterations=30).fit(
+        ds.interactions, cat, ds.schema)
+    y = model.model.item_factors.astype(np.float64)
+    hist = [[], [3], [3, 3, 7], [14, 0, 5, 9], [2, 2, 2, 1, 11, 12]]
+    req = Requests(np.full(5, cat.users.oov), np.zeros(5), Ragged.from_lists(hist))
+    ref = np.zeros((5, 4))
+    for r, h in enumerate(hist):
+        if h:
+            yh = y[sorted(set(h))]
+            a = y.T @ y + 0.1 * np.eye(4) + (5.0 - 1.0) * yh.T @ yh
+            ref[r] = np.linalg.solve(a, 5.0 * yh.sum(axis=0))
+    np.testing.assert_allclose(model.user_factors(req), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.score(req), ref @ y.T + model.prior, rtol=1e-4, atol=1e-5)
