@@ -705,9 +705,9 @@ class ALSBaseline(Baseline):
         hist = _binary_history(requests.history, self.n_items).astype(np.float32)
         out = np.zeros((len(requests), self.factors), dtype=np.float64)
         rows = np.flatnonzero(np.diff(hist.indptr) > 0)
-        with threadpool_limits(1, "blas"):
-            for r in rows:  # one request at a time: its factor never depends on the others
-                out[r] = np.asarray(self.model.recalculate_user(0, hist[r]), dtype=np.float64).ravel()
+        if len(rows):
+            with threadpool_limits(1, "blas"):  # one solve per row: a row's factor never depends on the others
+                out[rows] = self.model.recalculate_user(np.arange(len(rows)), hist[rows])
         return out
 
     def score(self, requests: Requests) -> np.ndarray:

@@ -438,8 +438,7 @@ def test_svd_divergence_raises(ratings_world):
 
 def test_als_scores_are_the_least_squares_fold_in_of_the_request_history(world):
     """Slow reference: x = (Y^T Y + lambda I + (alpha - 1) Y_h^T Y_h)^-1 alpha Y_h^T 1 per request (dense numpy,
-    float64), score = x Y^T + the popularity tie-breaker; a training user's own history gives a factor close to
-    the one ALS fitted for it."""
+    float64), score = x Y^T + the popularity tie-breaker; an empty history gives a zero factor."""
     ds, cat = world
     model = make_baseline("als", factors=4, regularization=0.1, alpha=5.0, iterations=30).fit(
         ds.interactions, cat, ds.schema)
