@@ -216,20 +216,37 @@ def test_push_reuses_buffers_cleanly() -> None:
     assert not shared.r.any() and not shared.q.any()
 
 
-def test_push_scipy_gather_path_agrees(monkeypatch) -> None:
-    """Large frontiers gather rows with scipy instead of numpy index arithmetic: same result."""
+def test_batched_push_is_bitwise_the_per_user_reference(monkeypatch) -> None:
+    """personalized_pagerank pushes many users at once (_BatchPusher); every row equals the one-user-at-a-time
+    reference (_Pusher) bit for bit: same nodes, same float64 estimates. Seed sets with repeats, weights,
+    dangling seeds (their mass returns to the seeds), cold rows between warm ones, and blocks of 1, 3 and all
+    rows (the flat state split across several calls)."""
     import importlib
 
     pr = importlib.import_module("recsys.graph.pagerank")  # (recsys.graph.pagerank the attribute is the function)
-
-    adj = random_digraph(12, n=60, density=0.1)
-    seeds = Ragged.from_lists([[0, 3], [int(np.flatnonzero(Transition.from_adjacency(adj).dangling)[0])]])
-    numpy_path = personalized_pagerank(adj, seeds, method="push", eps=1e-5)
-    monkeypatch.setattr(pr, "_SCIPY_GATHER_MIN", 0)
-    scipy_path = personalized_pagerank(adj, seeds, method="push", eps=1e-5)
-    np.testing.assert_array_equal(numpy_path.indices, scipy_path.indices)
-    np.testing.assert_allclose(numpy_path.data, scipy_path.data, rtol=1e-12)
-
+    rng = np.random.default_rng(7)
+    adj = random_digraph(21, n=120, density=0.04)
+    t = Transition.from_adjacency(adj)
+    dangling = np.flatnonzero(t.dangling)
+    assert len(dangling) >= 2  # the dangling branch is exercised
+    lists = [list(rng.integers(0, 120, rng.integers(1, 8))) for _ in range(25)]
+    lists[3] = [int(dangling[0]), int(dangling[1]), 5]
+    lists[4], lists[10] = [], []  # cold rows: the global PageRank
+    lists[7] = [9, 9, 9, 2]
+    seeds = Ragged.from_lists(lists)
+    weights = rng.random(len(seeds.values)) + 0.1
+    for eps in (1e-3, 1e-5):
+        for block in (120, 3 * 120, 1 << 22):
+            monkeypatch.setattr(pr, "_PUSH_BLOCK_ELEMENTS", block)
+            got = personalized_pagerank(t, seeds, method="push", eps=eps, seed_weights=weights)
+            ref = _Pusher(t, 0.85, eps)
+            for b, row in enumerate(lists):
+                if not row:
+                    continue
+                w = weights[seeds.indptr[b] : seeds.indptr[b + 1]]
+                nodes, q, _ = ref.run(np.asarray(row), w / w.sum())
+                np.testing.assert_array_equal(got[b].indices, nodes)
+                assert np.array_equal(got[b].data, q), (eps, block, b)  # bitwise, not to a tolerance
 
 def test_push_cold_row_is_sparsified_global_pagerank() -> None:
     adj = random_digraph(9)

@@ -58,10 +58,10 @@ from recsys.types import Ragged, Requests, top_k
 
 logger = logging.getLogger(__name__)
 
-# Forward push gathers the frontier's rows with scipy (fixed cost ~ms, faster per edge) above this many nodes.
-_SCIPY_GATHER_MIN = 4096
 # Largest dense (N, B_chunk) block the batched power iteration holds per array (float64 elements).
 _POWER_BLOCK_ELEMENTS = 1 << 22
+# Largest flat (B_chunk * N,) state the batched forward push holds per array (float64 elements).
+_PUSH_BLOCK_ELEMENTS = 1 << 22
 
 
 class PageRankConvergenceError(RuntimeError):
@@ -331,30 +331,35 @@ def personalized_pagerank(
 
     if not eps > 0:
         raise ValueError(f"personalized_pagerank: eps must be > 0 for method='push', got {eps}")
-    pusher = _Pusher(t, damping, eps)
-    indptr = np.zeros(b + 1, dtype=np.int64)
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
     starts = np.r_[0, np.cumsum(np.bincount(rows, minlength=b))]
+    row_ids, col_ids, vals = [], [], []
     if len(cold):
         g_idx = np.flatnonzero(global_pr >= eps)
-        g_val = global_pr[g_idx]
-    for i in range(b):
-        if row_mass[i] > 0:
-            nodes, q, _ = pusher.run(items[starts[i] : starts[i + 1]], w[starts[i] : starts[i + 1]])
-        else:
-            nodes, q = g_idx, g_val
-        cols.append(nodes)
-        vals.append(q)
-        indptr[i + 1] = indptr[i] + len(nodes)
-    data = np.concatenate(vals) if vals else np.zeros(0)
-    indices = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    return sp.csr_matrix((data, indices, indptr), shape=(b, n))
+        row_ids.append(np.repeat(cold, len(g_idx)))
+        col_ids.append(np.tile(g_idx, len(cold)))
+        vals.append(np.tile(global_pr[g_idx], len(cold)))
+    if len(warm):
+        pusher = _BatchPusher(t, damping, eps, min(len(warm), max(1, _PUSH_BLOCK_ELEMENTS // max(n, 1))))
+        for lo in range(0, len(warm), pusher.block):
+            chunk = warm[lo : lo + pusher.block]
+            sel = slice(starts[chunk[0]], starts[chunk[-1] + 1])  # rows are sorted; cold rows have no entry
+            owner = np.repeat(np.arange(len(chunk), dtype=np.int64), starts[chunk + 1] - starts[chunk])
+            local, cols, q = pusher.run(owner, items[sel], w[sel])
+            row_ids.append(chunk[local])
+            col_ids.append(cols)
+            vals.append(q)
+    if not row_ids:
+        return sp.csr_matrix((b, n))
+    r_all, c_all, v_all = np.concatenate(row_ids), np.concatenate(col_ids), np.concatenate(vals)
+    order = np.lexsort((c_all, r_all))
+    indptr = np.r_[0, np.cumsum(np.bincount(r_all, minlength=b))].astype(np.int64)
+    return sp.csr_matrix((v_all[order], c_all[order].astype(np.int64), indptr), shape=(b, n))
 
 
 class _Pusher:
     """Forward push for one seed distribution at a time, with dense work vectors reused across calls (only the
-    touched entries are reset). Each round pushes every node above threshold (vectorized)."""
+    touched entries are reset). Each round pushes every node above threshold (vectorized). The plain reference
+    of :class:`_BatchPusher`, which :func:`personalized_pagerank` runs."""
 
     def __init__(self, t: Transition, damping: float, eps: float) -> None:
         self.t = t
@@ -386,16 +391,11 @@ class _Pusher:
             r[frontier] = 0.0
             q[frontier] += (1.0 - alpha) * m
             pushed.append(frontier)
-            if len(frontier) > _SCIPY_GATHER_MIN:  # scipy's C++ row gather: no per-round index arrays
-                sub = t.p[frontier]
-                lens = np.diff(sub.indptr)
-                tgt, w_edge = sub.indices, sub.data
-            else:
-                lo, hi = indptr[frontier], indptr[frontier + 1]
-                lens = hi - lo
-                offsets = np.cumsum(lens) - lens
-                idx = np.repeat(lo - offsets, lens) + np.arange(int(lens.sum()))
-                tgt, w_edge = indices[idx], data[idx]
+            lo, hi = indptr[frontier], indptr[frontier + 1]
+            lens = hi - lo
+            offsets = np.cumsum(lens) - lens
+            idx = np.repeat(lo - offsets, lens) + np.arange(int(lens.sum()))
+            tgt, w_edge = indices[idx], data[idx]
             np.add.at(r, tgt, np.repeat(alpha * m, lens) * w_edge)
             dang_mass = alpha * m[t.dangling[frontier]].sum()
             if dang_mass > 0:
@@ -411,6 +411,85 @@ class _Pusher:
         q[nodes] = 0.0
         r[all_touched] = 0.0
         return nodes.astype(np.int64), est, residual
+
+
+class _BatchPusher:
+    """Forward push for B seed distributions at once, each exactly as :class:`_Pusher` runs it alone.
+
+    State lives in flat ``(B * N,)`` arrays keyed ``key = row * N + node``. A round applies the single-user
+    round to every row's frontier at once; the frontier is kept in an order whose restriction to one row is
+    that row's single-user order (rows never share a key, and :meth:`_Pusher._distinct` keeps the order of last
+    occurrences), and ``np.add.at`` accumulates in array order, so each row performs the same floating-point
+    operations in the same order: the estimates are bitwise those of :class:`_Pusher` (tested). Python
+    overhead is paid per round instead of per row and round. Memory: three ``B * N`` arrays (``block`` rows).
+    """
+
+    def __init__(self, t: Transition, damping: float, eps: float, block: int) -> None:
+        self.t = t
+        self.alpha = damping
+        self.block = int(block)
+        self.threshold = eps * np.maximum(t.out_degree, 1).astype(np.float64)
+        size = self.block * t.n
+        self.r = np.zeros(size)
+        self.q = np.zeros(size)
+        self._stamp = np.zeros(size, dtype=np.int64)
+
+    def _distinct(self, idx: np.ndarray) -> np.ndarray:
+        pos = np.arange(len(idx))
+        self._stamp[idx] = pos
+        return idx[self._stamp[idx] == pos]
+
+    def run(self, owner: np.ndarray, seeds: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+        """(rows, nodes, estimates) sorted by (row, node) for the restart distributions
+        ``sum_{i: owner[i] = b} weights[i] e_{seeds[i]}`` of rows ``b < block`` (``owner`` ascending; each
+        row's weights sum to 1)."""
+        t, alpha, r, q, thr, n = self.t, self.alpha, self.r, self.q, self.threshold, self.t.n
+        indptr, indices, data = t.p.indptr, t.p.indices, t.p.data
+        s_keys, s_inv = np.unique(owner * n + seeds, return_inverse=True)
+        s_w = np.bincount(s_inv.ravel(), weights=weights, minlength=len(s_keys))
+        s_row = s_keys // n
+        s_start = np.searchsorted(s_row, np.arange(self.block + 1))  # row b's seeds: s_keys[s_start[b]:s_start[b+1]]
+        r[s_keys] += s_w
+        touched = [s_keys]
+        pushed = []
+        frontier = s_keys[r[s_keys] > thr[s_keys % n]]
+        while len(frontier):
+            m = r[frontier]
+            r[frontier] = 0.0
+            q[frontier] += (1.0 - alpha) * m
+            pushed.append(frontier)
+            rows, nodes = frontier // n, frontier % n
+            lo, hi = indptr[nodes], indptr[nodes + 1]
+            lens = hi - lo
+            offsets = np.cumsum(lens) - lens
+            idx = np.repeat(lo - offsets, lens) + np.arange(int(lens.sum()))
+            tgt = np.repeat(rows * n, lens) + indices[idx]
+            np.add.at(r, tgt, np.repeat(alpha * m, lens) * data[idx])
+            dang = t.dangling[nodes]
+            if dang.any():  # per row: alpha * (its frontier's dangling masses, in its order).sum(), as _Pusher
+                order = np.argsort(rows, kind="stable")
+                srows, sm, sd = rows[order], m[order], dang[order]
+                bounds = np.searchsorted(srows, np.unique(srows[sd]), side="left")
+                ends = np.searchsorted(srows, srows[bounds], side="right")
+                extra = []
+                for a, e in zip(bounds, ends):
+                    mass = alpha * sm[a:e][sd[a:e]].sum()
+                    if mass > 0:
+                        b = int(srows[a])
+                        ks = s_keys[s_start[b] : s_start[b + 1]]
+                        r[ks] += mass * s_w[s_start[b] : s_start[b + 1]]
+                        extra.append(ks)
+                if extra:
+                    tgt = np.concatenate([tgt, *extra])
+            cand = self._distinct(tgt)
+            touched.append(cand)
+            frontier = cand[r[cand] > thr[cand % n]]
+        keys = np.sort(self._distinct(np.concatenate(pushed))) if pushed else np.zeros(0, dtype=np.int64)
+        est = q[keys].copy()
+        q[keys] = 0.0
+        r[np.concatenate(touched)] = 0.0
+        return keys // n, keys % n, est
 
 
 # ------------------------------------------------------------------------------------------------------
