@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
-# OpenMP's default spin-waiting makes multi-threaded LightGBM/torch crawl on shared or busy cores (measured
-# 25x slower); passive waiting costs nothing measurable when the cores are free. Must precede their import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY=PASSIVE is set by recsys/__init__.py, which runs before this module (and before torch,
+# LightGBM or FAISS is imported).
 
 COMMAND_MODULES = [
     "recsys.commands.data",

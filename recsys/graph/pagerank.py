@@ -60,8 +60,9 @@ logger = logging.getLogger(__name__)
 
 # Largest dense (N, B_chunk) block the batched power iteration holds per array (float64 elements).
 _POWER_BLOCK_ELEMENTS = 1 << 22
-# Largest flat (B_chunk * N,) state the batched forward push holds per array (float64 elements).
-_PUSH_BLOCK_ELEMENTS = 1 << 22
+# Largest flat (B_chunk * N,) state the batched forward push holds per array (float64 elements): 8 MB, so
+# the random reads and writes stay in cache (4x the size was 2x slower on a 5k-item graph).
+_PUSH_BLOCK_ELEMENTS = 1 << 20
 
 
 class PageRankConvergenceError(RuntimeError):
