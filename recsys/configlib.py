@@ -72,7 +72,11 @@ class SplitConfig:
     that straddles a window boundary is cut at random but reproducibly. ``random_holdout`` draws each
     user's events at random (``seed``) into the windows so that each window holds its fraction of every
     user's events (the protocol for logs without timestamps; not leak-free). ``auto`` (default) is
-    ``temporal`` on a dataset with timestamps and ``random_holdout`` on an untimed one. ``kcore`` > 0 keeps
+    ``temporal`` on a dataset with timestamps and ``random_holdout`` on an untimed one. ``folds: K`` (>= 2,
+    ``random_holdout`` only) makes it K-fold: the last (test) window is fold ``fold`` (0 .. K-1) of a seeded
+    per-user partition of each user's events into K equal parts (its configured fraction is replaced by 1/K),
+    and the other windows share the remaining events by their fractions; the K runs with ``fold = 0 .. K-1``
+    (same ``seed``) test on disjoint windows that together cover every event. ``kcore`` > 0 keeps
     only users and items with at least that many interactions (iterated to a fixed point) before splitting.
 
     ``validation: true`` is the validation protocol: the interactions before the test window are split again
@@ -92,8 +96,19 @@ class SplitConfig:
     validation: bool = False
     tie_seed: int = 0
     seed: int = 0
+    folds: int = 0
+    fold: int = 0
 
     def __post_init__(self) -> None:
+        if self.folds < 0 or self.folds == 1:
+            raise ConfigError(f"split.folds: 0 (no k-fold) or >= 2, got {self.folds}")
+        if self.folds and self.method not in (SplitMethod.RANDOM_HOLDOUT, SplitMethod.AUTO):
+            raise ConfigError(f"split.folds: k-fold is a random_holdout protocol, not {self.method.value!r} "
+                              "(--set split.method=random_holdout)")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"split.fold: must be in 0 .. split.folds - 1 = {self.folds - 1}, got {self.fold}")
+        if self.fold and not self.folds:
+            raise ConfigError(f"split.fold: {self.fold} needs split.folds >= 2 (k-fold)")
         if self.validation and self.cutoffs:
             raise ConfigError("split.validation: not available with explicit split.cutoffs; give the validation "
                               "windows' cut-offs instead")

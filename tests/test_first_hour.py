@@ -86,6 +86,15 @@ def test_import_train_and_evaluate_each_shape_with_default_settings(tmp_path, sh
         m2 = json.loads((tmp_path / "r2" / "metrics.json").read_text())
         assert set(m2["systems"]) == {"engine", "retrieval_only", "popularity"}
         assert m2["systems"]["engine"] == m["systems"]["engine"]
+    if shape == "untimed":  # K-fold: one fold is one run; the bundle records it and evaluates on its own fold
+        assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "f2"), *sets, "--set",
+                     "split.folds=3", "--set", "split.fold=2"]) == 0
+        split = json.loads((tmp_path / "f2" / "latest" / "manifest.json").read_text())["config"]["split"]
+        assert (split["method"], split["folds"], split["fold"]) == ("random_holdout", 3, 2)
+        assert main(["-q", "evaluate", "--data", str(data), "--bundle", str(tmp_path / "f2"), "--out",
+                     str(tmp_path / "rf"), "--systems", "engine,popularity"]) == 0
+        mf = json.loads((tmp_path / "rf" / "metrics.json").read_text())
+        assert mf["systems"]["engine"]["ndcg@10"] != m["systems"]["engine"]["ndcg@10"]  # another test window
 
 
 @pytest.fixture
@@ -98,7 +107,10 @@ def no_training(monkeypatch):
 
 @pytest.mark.parametrize("shape,args,expected", [
     ("untimed", ["--set", "split.method=temporal"], "split.method: 'temporal' needs timestamps, but dataset"),
-    ("untimed", ["--set", "split.method=leave_last_n"], "valid protocol: random_holdout"),
+    ("untimed", ["--set", "split.method=leave_last_n"], "valid protocols: random_holdout"),
+    ("untimed", ["--set", "split.folds=1"], "split.folds: 0 (no k-fold) or >= 2, got 1"),
+    ("counts", ["--set", "split.folds=5"], "split.folds: k-fold is a random_holdout protocol, and split.method "
+                                           "resolves to 'temporal'"),
     ("counts", ["--set", "eval.positive_label=like"], "eval.positive_label: 'like' is not a binary label of"),
     ("counts", ["--set", "rank.examples=impressions"], "rank.examples: 'impressions' needs a dataset with impr"),
     ("counts", ["--set", "eval.baselines=[ease, knn]"], "eval.baselines: unknown baseline(s) ['knn']"),

@@ -180,6 +180,21 @@ def test_fit_is_deterministic(planted):
     assert again.booster.model_to_string() == stage.booster.model_to_string()
 
 
+def test_two_lightgbm_threads_grow_the_same_trees(planted):
+    """configs/default.yaml trains the pre-ranker on 2 threads; its README claim is that the trees (and so every
+    metric) are those of 1 thread: column-wise histograms, one thread per feature, `deterministic`."""
+    ds, catalog, ctx, retrieval, stage, past, window, req, cands = planted
+    two = PrerankStage(dataclasses.replace(CFG, num_threads=2)).fit(
+        fit_context(ds, catalog, window, past, retrieval, ctx))
+
+    def trees(booster) -> str:  # the model without its parameters section (which names num_threads)
+        return booster.model_to_string().split("\nparameters:")[0]
+
+    assert stage.booster.num_trees() > 5
+    assert trees(two.booster) == trees(stage.booster)
+    np.testing.assert_array_equal(two.score(req, cands)["score"], stage.score(req, cands)["score"])
+
+
 def test_ranking_data_labels_and_extras(planted):
     ds, catalog, ctx, retrieval, stage, past, window, req, cands = planted
     data = build_ranking_data(ds, catalog, retrieval, ctx, window, past,

@@ -45,6 +45,44 @@ def test_random_holdout_gives_each_window_its_fraction_of_every_user():
     assert split["test"]["rid"].tolist() != other["test"]["rid"].tolist()
 
 
+def test_k_fold_test_windows_partition_every_user_and_the_rest_keep_their_fractions():
+    """split.folds = 5: the five test windows (fold 0 .. 4, one seed) are disjoint and cover every event; each
+    takes floor or ceil of 1/5 of each user's events; the other windows share the remaining 16 of a user's 20
+    events by their fractions 0.7 : 0.1 : 0.1 (floor or ceil, up to the rounding of the renormalised cut)."""
+    ds = untimed()
+    tests = []
+    for fold in range(5):
+        split = split_dataset(ds, SplitConfig(method=SplitMethod.RANDOM_HOLDOUT, windows=WINDOWS, folds=5, fold=fold))
+        rids = np.concatenate([w["rid"].to_numpy() for w in split.windows.values()])
+        assert sorted(rids) == list(range(len(ds.interactions)))
+        per_user = split["test"]["user_id"].value_counts().reindex(range(50), fill_value=0)
+        assert (per_user == 4).all()  # 20 events / 5 folds
+        for name, frac in (("train", 0.7 / 0.9), ("prerank", 0.1 / 0.9), ("rank", 0.1 / 0.9)):
+            got = split[name]["user_id"].value_counts().reindex(range(50), fill_value=0)
+            assert got.between(np.floor(16 * frac) - 1, np.ceil(16 * frac) + 1).all(), (fold, name)
+        assert split.stats()["folds"] == 5 and split.stats()["fold"] == fold
+        tests.append(set(split["test"]["rid"]))
+    assert sum(len(t) for t in tests) == len(ds.interactions) and len(set().union(*tests)) == len(ds.interactions)
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"folds": 1}, r"split\.folds: 0 \(no k-fold\) or >= 2, got 1"),
+    ({"folds": 5, "fold": 5}, r"split\.fold: must be in 0 \.\. split\.folds - 1 = 4, got 5"),
+    ({"fold": 2}, r"split\.fold: 2 needs split\.folds >= 2"),
+    ({"folds": 3, "method": SplitMethod.TEMPORAL}, r"split\.folds: k-fold is a random_holdout protocol, not 'temporal'"),
+])
+def test_k_fold_settings_are_checked(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        SplitConfig(windows=WINDOWS, **sets)
+
+
+def test_k_fold_on_a_timed_log_with_auto_is_refused():
+    """auto resolves to temporal on a timed log: k-fold is then a config error naming the fix."""
+    ds = log(np.repeat(np.arange(10), 10), np.arange(100) % 7, np.arange(100) * 60)
+    with pytest.raises(ConfigError, match=r"split\.folds: .* resolves to 'temporal' .*split\.method=random_holdout"):
+        split_dataset(ds, SplitConfig(windows=WINDOWS, folds=5))
+
+
 def test_random_holdout_matches_the_fractions_in_expectation_for_small_users():
     users = np.repeat(np.arange(4000), 3)  # 3 events per user, 4 windows: each window by its fraction
     win = random_holdout_windows(users, list(WINDOWS.values()), seed=3)
@@ -61,8 +99,9 @@ def test_auto_is_temporal_with_timestamps_and_random_holdout_without():
 @pytest.mark.parametrize("method", [SplitMethod.TEMPORAL, SplitMethod.LEAVE_LAST_N])
 def test_temporal_protocols_are_refused_on_an_untimed_log(method):
     with pytest.raises(ConfigError, match=rf"split\.method: '{method.value}' needs timestamps, but dataset 'log' "
-                                          r"has none .* valid protocol: random_holdout "
-                                          r"\(--set split\.method=random_holdout\)"):
+                                          r"has none .* valid protocols: random_holdout "
+                                          r"\(--set split\.method=random_holdout\), and its k-fold form "
+                                          r"\(--set split\.folds=K --set split\.fold=I\)"):
         split_dataset(untimed(), SplitConfig(method=method, windows=WINDOWS))
 
 

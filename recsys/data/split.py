@@ -17,7 +17,8 @@ ids to the test window.
 ``random_holdout`` is the protocol for logs without timestamps (``has_timestamps: false``, where the timestamp
 column is only the file order): each user's events are shuffled (seeded) and cut by the window fractions with
 a random offset per user (systematic sampling), so every window holds, in expectation exactly and per user
-within one event, its fraction of each user's events. ``auto`` resolves to ``temporal`` on timed data and to
+within one event, its fraction of each user's events; with ``folds: K`` it is K-fold (the test window is fold
+``fold`` of a per-user K-partition; see :func:`random_holdout_windows`). ``auto`` resolves to ``temporal`` on timed data and to
 ``random_holdout`` on untimed data. The temporal protocols (``temporal``, ``leave_last_n``) are refused on an
 untimed log, and a split that leaves a window empty is refused with its cause (constant or concentrated
 timestamps, too few events per user) instead of handing empty windows to training.
@@ -87,6 +88,8 @@ class Split:
             "cutoffs": list(self.cutoffs),
             "windows": {},
         }
+        if self.config.folds:
+            out["folds"], out["fold"] = self.config.folds, self.config.fold
         for name, df in self.windows.items():
             users = pd.Index(df[ucol].unique())
             items = pd.Index(df[icol].unique())
@@ -163,6 +166,9 @@ def tie_keys(inter: pd.DataFrame, user_col: str, item_col: str, seed: int) -> tu
 def resolve_method(ds: Dataset, cfg: SplitConfig) -> SplitConfig:
     """``cfg`` with ``auto`` resolved for ``ds`` (logged); a temporal method on an untimed log is a ConfigError."""
     method = cfg.method.resolve(ds.schema.has_timestamps)
+    if cfg.folds and method is not SplitMethod.RANDOM_HOLDOUT:
+        raise ConfigError(f"split.folds: k-fold is a random_holdout protocol, and split.method resolves to "
+                          f"{method.value!r} on dataset {ds.schema.name!r} (--set split.method=random_holdout)")
     if method is not cfg.method:
         logger.info("split.method auto: %s (the dataset %s timestamps)", method.value,
                     "has" if ds.schema.has_timestamps else "has no")
@@ -170,8 +176,8 @@ def resolve_method(ds: Dataset, cfg: SplitConfig) -> SplitConfig:
     if method in TEMPORAL_METHODS and not ds.schema.has_timestamps:
         raise ConfigError(
             f"split.method: {method.value!r} needs timestamps, but dataset {ds.schema.name!r} has none (an untimed "
-            "log: its timestamp column is the file order); valid protocol: random_holdout "
-            "(--set split.method=random_holdout)"
+            "log: its timestamp column is the file order); valid protocols: random_holdout "
+            "(--set split.method=random_holdout), and its k-fold form (--set split.folds=K --set split.fold=I)"
         )
     return cfg
 
@@ -205,7 +211,8 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
         cutoffs = tuple(cfg.cutoffs) or temporal_cutoffs(ts, list(cfg.windows.values()), cfg.basis)
         win = np.searchsorted(np.asarray(cutoffs, dtype=np.int64), ts, side="right")
     elif cfg.method is SplitMethod.RANDOM_HOLDOUT:
-        win = random_holdout_windows(pd.factorize(inter[ucol])[0], list(cfg.windows.values()), cfg.seed)
+        win = random_holdout_windows(pd.factorize(inter[ucol])[0], list(cfg.windows.values()), cfg.seed,
+                                     cfg.folds, cfg.fold)
     else:
         ucodes = pd.factorize(inter[ucol])[0]
         primary, secondary = tie_keys(inter, ucol, icol, cfg.tie_seed)
@@ -226,7 +233,8 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
     return Split(dataset=ds, windows=windows, config=cfg, cutoffs=cutoffs)
 
 
-def random_holdout_windows(users: np.ndarray, fractions: list[float], seed: int = 0) -> np.ndarray:
+def random_holdout_windows(users: np.ndarray, fractions: list[float], seed: int = 0, folds: int = 0,
+                           fold: int = 0) -> np.ndarray:
     """(R,) window index of each row for the ``random_holdout`` protocol; ``users`` (R,) int codes.
 
     Each user's rows are put in a seeded random order; row ``p`` (0-based) of a user with ``n`` rows gets the
@@ -234,6 +242,10 @@ def random_holdout_windows(users: np.ndarray, fractions: list[float], seed: int 
     cumulative fraction interval holds ``q``. So a window of fraction ``f`` receives ``f * n`` of the user's
     rows in expectation and ``floor`` or ``ceil`` of it always; a user with fewer rows than windows lands in
     windows at random, in proportion to the fractions.
+
+    ``folds = K`` (k-fold): the last window takes the rows with ``q`` in ``[fold / K, (fold + 1) / K)``, and the
+    others' positions ``q' = (q - 1/K [q >= (fold + 1) / K]) / (1 - 1/K)`` are cut by the other windows'
+    fractions, renormalised. The positions do not depend on ``fold``, so the K test windows partition the rows.
     """
     rng = np.random.default_rng(seed)
     n_rows = len(users)
@@ -245,9 +257,17 @@ def random_holdout_windows(users: np.ndarray, fractions: list[float], seed: int 
     pos = np.arange(n_rows) - run_start[run_id]
     size = np.diff(np.r_[run_start, n_rows])[run_id]
     offset = rng.random(len(run_start))[run_id]
-    cum = np.cumsum(fractions)[:-1]
+    q = (pos + offset) / size
     win = np.empty(n_rows, dtype=np.int64)
-    win[order] = np.searchsorted(cum, (pos + offset) / size, side="right")
+    if not folds:
+        win[order] = np.searchsorted(np.cumsum(fractions)[:-1], q, side="right")
+        return win
+    lo, hi = fold / folds, (fold + 1) / folds
+    test = (q >= lo) & (q < hi)
+    rest = np.where(q >= hi, q - 1.0 / folds, q) / (1.0 - 1.0 / folds)
+    head = np.asarray(fractions[:-1], dtype=np.float64)
+    w = np.searchsorted(np.cumsum(head / head.sum())[:-1], np.minimum(rest, np.nextafter(1.0, 0.0)), side="right")
+    win[order] = np.where(test, len(fractions) - 1, w)
     return win
 
 
