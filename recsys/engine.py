@@ -129,7 +129,8 @@ class Engine:
 
         ``timings`` (optional) receives milliseconds per stage. With a ``deadline`` (online serving), each
         stage runs within its budget: a scoring stage that would overrun (budget already spent) or does
-        overrun (still running at its budget) is dropped and the upstream order is returned, with
+        overrun (still running at its budget) is dropped and the upstream order is kept, cut to the dropped
+        stage's cut-off (so the next stage receives as many candidates as it was trained on), with
         ``"<stage>:deadline"`` / ``"<stage>:timeout"`` in every request's ``degraded`` list; if retrieval itself
         cannot finish within its share of the budget (``Deadline.budget("retrieval")``), nothing can be returned
         and :class:`DeadlineExceeded` is raised (the service answers 504).
@@ -158,7 +159,12 @@ class Engine:
                 out = self._run(stage.name, stage.score, (requests, cands), deadline)
             except _Skipped as why:
                 notes.append(f"{stage.name}:{why}")
-                logger.warning("stage %s dropped (%s); returning the upstream order", stage.name, why)
+                logger.warning("stage %s dropped (%s); its top %d by the upstream order go on", stage.name, why,
+                               cutoff)
+                # the next stage still gets the cut-off it was trained on, not all of the upstream's candidates
+                # (a heavy ranker trained on 100 pre-ranked candidates would otherwise score all 1000 retrieved)
+                cols = np.arange(min(cutoff, cands.items.shape[1]), dtype=np.int64)
+                cands = select_columns(cands, np.broadcast_to(cols, (cands.items.shape[0], len(cols))))
                 timings[stage.name] = (time.perf_counter() - t1) * 1000
                 continue
             cands = self._keep(stage, out, cands, cutoff)

@@ -123,6 +123,37 @@ def test_slow_heavy_ranker_degrades_to_the_prerank_order_within_budget(world):
     np.testing.assert_array_equal(res.items, ref.items)
 
 
+class _Seen:
+    """A scoring stage that records the candidates it is handed."""
+
+    def __init__(self, stage) -> None:
+        self.stage, self.seen = stage, []
+
+    def score(self, requests, cands):
+        self.seen.append(cands.items.copy())
+        return self.stage.score(requests, cands)
+
+    def __getattr__(self, item):
+        return getattr(self.stage, item)
+
+
+def test_a_dropped_prerank_hands_the_heavy_ranker_its_trained_cut_off(world):
+    """The pre-ranker times out: the heavy ranker gets the retrieval order's top prerank_k (the size it was
+    trained on), not every retrieved candidate."""
+    tmp, ds, cfg, bundle, data = world
+    engine = load_engine(bundle.path)
+    (pre, pre_k), (rank, rank_k) = engine.stages
+    assert engine.retrieve_k > pre_k
+    req = data.requests.take([0, 1])
+    seen = _Seen(rank)
+    slow = dataclasses.replace(engine, stages=[(_Slow(pre, 2.0), pre_k), (seen, rank_k)])
+    res = slow.rank(req, 10, deadline=Deadline(1.0, {"prerank": 0.2, "rank": 0.7}))
+    assert all("prerank:timeout" in d for d in res.degraded)
+    retrieved = engine.retrieval.retrieve(engine.encode(req), engine.retrieve_k).items
+    assert len(seen.seen) == 1 and seen.seen[0].shape == (2, pre_k)
+    np.testing.assert_array_equal(seen.seen[0], retrieved[:, :pre_k])
+
+
 def test_slow_retrieval_raises_deadline_exceeded(world):
     tmp, ds, cfg, bundle, data = world
     engine = load_engine(bundle.path)
