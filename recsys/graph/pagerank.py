@@ -357,6 +357,23 @@ def personalized_pagerank(
     return sp.csr_matrix((v_all[order], c_all[order].astype(np.int64), indptr), shape=(b, n))
 
 
+def _distinct(stamp: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The distinct values of ``idx`` in the order of their last occurrence, O(len) with a stamp array indexed by
+    value (no sort, no hashing; stale stamps are harmless: every value's stamp is written before it is read)."""
+    pos = np.arange(len(idx))
+    stamp[idx] = pos  # the last occurrence of each value wins
+    return idx[stamp[idx] == pos]
+
+
+def _out_edges(indptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into a csr matrix's ``indices``/``data`` of the rows ``nodes``, in order, and each row's
+    length)."""
+    lo, hi = indptr[nodes], indptr[nodes + 1]
+    lens = hi - lo
+    offsets = np.cumsum(lens) - lens
+    return np.repeat(lo - offsets, lens) + np.arange(int(lens.sum())), lens
+
+
 class _Pusher:
     """Forward push for one seed distribution at a time, with dense work vectors reused across calls (only the
     touched entries are reset). Each round pushes every node above threshold (vectorized). The plain reference
@@ -371,10 +388,7 @@ class _Pusher:
         self._stamp = np.zeros(t.n, dtype=np.int64)
 
     def _distinct(self, idx: np.ndarray) -> np.ndarray:
-        """The distinct values of ``idx`` (unordered), O(len) with a stamp array (no sort, no hashing)."""
-        pos = np.arange(len(idx))
-        self._stamp[idx] = pos  # the last occurrence of each value wins
-        return idx[self._stamp[idx] == pos]
+        return _distinct(self._stamp, idx)
 
     def run(self, seeds: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """(nodes (n_out,) sorted, estimate q[nodes], residual mass sum(r)) for the restart distribution
@@ -392,10 +406,7 @@ class _Pusher:
             r[frontier] = 0.0
             q[frontier] += (1.0 - alpha) * m
             pushed.append(frontier)
-            lo, hi = indptr[frontier], indptr[frontier + 1]
-            lens = hi - lo
-            offsets = np.cumsum(lens) - lens
-            idx = np.repeat(lo - offsets, lens) + np.arange(int(lens.sum()))
+            idx, lens = _out_edges(indptr, frontier)
             tgt, w_edge = indices[idx], data[idx]
             np.add.at(r, tgt, np.repeat(alpha * m, lens) * w_edge)
             dang_mass = alpha * m[t.dangling[frontier]].sum()
@@ -436,9 +447,7 @@ class _BatchPusher:
         self._stamp = np.zeros(size, dtype=np.int64)
 
     def _distinct(self, idx: np.ndarray) -> np.ndarray:
-        pos = np.arange(len(idx))
-        self._stamp[idx] = pos
-        return idx[self._stamp[idx] == pos]
+        return _distinct(self._stamp, idx)
 
     def run(self, owner: np.ndarray, seeds: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray,
                                                                                       np.ndarray]:
@@ -461,10 +470,7 @@ class _BatchPusher:
             q[frontier] += (1.0 - alpha) * m
             pushed.append(frontier)
             rows, nodes = frontier // n, frontier % n
-            lo, hi = indptr[nodes], indptr[nodes + 1]
-            lens = hi - lo
-            offsets = np.cumsum(lens) - lens
-            idx = np.repeat(lo - offsets, lens) + np.arange(int(lens.sum()))
+            idx, lens = _out_edges(indptr, nodes)
             tgt = np.repeat(rows * n, lens) + indices[idx]
             np.add.at(r, tgt, np.repeat(alpha * m, lens) * data[idx])
             dang = t.dangling[nodes]
