@@ -43,9 +43,10 @@ import logging
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import scipy.sparse as sp
 
+from recsys.collab import available_memory, binary_history as _binary_history, cosine_topn, ease_memory_bytes, \
+    ease_weights
 from recsys.configlib import CountScale
 from recsys.data.catalog import Catalog
 from recsys.data.schema import DatasetSchema, Kind
@@ -91,23 +92,6 @@ def _rowwise_matmul(a: np.ndarray, b: np.ndarray, row_block: int = 16, col_block
                 np.add(o, t, out=o)
             out[r0:r1, c0:c1] = o
     return out
-
-
-def _binary_history(history: Ragged, n_items: int) -> sp.csr_matrix:
-    """(B, n_items) binary CSR of each request's history items (duplicates and out-of-range items dropped).
-
-    Column indices are sorted within each row, so sparse products sum in a fixed order per row.
-    """
-    b = len(history)
-    rows = np.repeat(np.arange(b, dtype=np.int64), history.lengths())
-    cols = history.values
-    ok = (cols >= 0) & (cols < n_items)
-    m = sp.csr_matrix(
-        (np.ones(int(ok.sum()), dtype=np.float64), (rows[ok], cols[ok])), shape=(b, n_items)
-    )
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
 
 
 def _positive_matrix(train: pd.DataFrame, catalog: Catalog, schema: DatasetSchema) -> sp.csr_matrix:
@@ -294,38 +278,6 @@ class PopularityBaseline(Baseline):
 # item kNN
 
 
-def cosine_topn(x: sp.csr_matrix, n_neighbors: int, block: int = 2048) -> sp.csr_matrix:
-    """Item-item cosine similarity of the columns of ``x`` (U, N), each row pruned to its ``n_neighbors`` best.
-
-    ``sim(h, i) = |U_h ∩ U_i| / sqrt(|U_h| |U_i|)`` for a binary ``x``; the diagonal is 0. Row ``h`` keeps the
-    ``n_neighbors`` largest entries (ties: lower column index). Computed in row blocks of ``block`` items so
-    memory stays O(block x N) besides the result. Returns (N, N) CSR float64.
-    """
-    n = x.shape[1]
-    xc = x.tocsc()
-    xt = x.T.tocsr()  # (N, U)
-    norms = np.sqrt(np.asarray(xc.multiply(xc).sum(axis=0)).ravel())
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    parts = []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        s = (xt[start:stop] @ x).tocoo()  # (b, N) co-occurrence counts
-        r, c, v = s.row.astype(np.int64), s.col.astype(np.int64), s.data * inv[start + s.row] * inv[s.col]
-        keep = (r + start != c) & (v > 0)
-        r, c, v = r[keep], c[keep], v[keep]
-        order = np.lexsort((c, -v, r))  # by row, then similarity descending, then column
-        r, c, v = r[order], c[order], v[order]
-        row_start = np.searchsorted(r, np.arange(stop - start))
-        rank_in_row = np.arange(len(r)) - row_start[r]
-        keep = rank_in_row < n_neighbors
-        parts.append(sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(stop - start, n)))
-    if not parts:
-        return sp.csr_matrix((0, 0), dtype=np.float64)
-    sim = sp.vstack(parts, format="csr")
-    sim.sort_indices()
-    return sim
-
-
 class ItemKNNBaseline(Baseline):
     """Item-based kNN: ``score(u, i) = sum_{h in history(u)} sim(h, i)`` (history binarised).
 
@@ -507,81 +459,6 @@ class SVDBaseline(Baseline):
 
 # ----------------------------------------------------------------------------------------------------------
 # EASE
-
-
-def ease_memory_bytes(n_items: int) -> int:
-    """Bytes :func:`ease_weights` needs for ``n_items`` modelled items: one dense M x M float64 matrix (the Gram
-    matrix, inverted and turned into the weights in place) plus one column block of it."""
-    return 8 * n_items * n_items + 8 * n_items * min(n_items, 1024)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (``MemAvailable`` of /proc/meminfo), or None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _gram(x: sp.spmatrix | np.ndarray, block: int = 1024) -> np.ndarray:
-    """(M, M) Fortran-ordered float64 ``X^T X`` of ``x`` (U, M), filled by column blocks (no sparse M x M copy)."""
-    if not sp.issparse(x):
-        xa = np.asarray(x, dtype=np.float64)
-        return np.asfortranarray(xa.T @ xa)
-    xc = sp.csc_matrix(x, dtype=np.float64)
-    xt = xc.T.tocsr()  # (M, U)
-    m = xc.shape[1]
-    g = np.empty((m, m), dtype=np.float64, order="F")
-    for j0 in range(0, m, block):
-        j1 = min(j0 + block, m)
-        g[:, j0:j1] = (xt @ xc[:, j0:j1]).toarray()
-    return g
-
-
-def ease_weights(x: sp.spmatrix | np.ndarray, l2: float, block: int = 1024, blas_threads: int | None = 1) -> np.ndarray:
-    """EASE item-item weights (Steck, WWW 2019, eq. 8): the closed form of
-
-        min_B ||X - X B||_F^2 + l2 ||B||_F^2   subject to diag(B) = 0.
-
-    ``G = X^T X + l2 I``, ``P = G^-1``, ``B_ij = -P_ij / P_jj`` (i != j), ``B_jj = 0``. ``x`` (U, M) -> (M, M)
-    float64. ``G`` is symmetric positive definite for ``l2 > 0``; it is built by column blocks and inverted via
-    Cholesky (LAPACK potrf / potri) in place, so the peak memory is about one M x M float64 matrix besides
-    ``x`` (:func:`ease_memory_bytes`: 3.2 GB at M=20000). The LAPACK calls run with at most ``blas_threads``
-    BLAS threads (None: the library's default): OpenBLAS with 2 threads crashed (SIGSEGV) inverting a
-    17,632-item Gram matrix that 1 thread inverts. The multi-threaded result may differ in the last bits with
-    the thread count: fit once and give the fitted model to every shard.
-    """
-    from threadpoolctl import threadpool_limits
-
-    g = _gram(x, block)
-    g[np.diag_indices_from(g)] += l2
-    with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _ease_from_gram(g, block)
-
-
-def _ease_from_gram(g: np.ndarray, block: int) -> np.ndarray:
-    """EASE weights from a Fortran-ordered ``G = X^T X + l2 I``, overwriting it (see :func:`ease_weights`)."""
-    c, info = scipy.linalg.lapack.dpotrf(g, lower=False, overwrite_a=True)
-    if info != 0:
-        raise RuntimeError(f"ease: Cholesky factorisation of X^T X + l2 I failed (LAPACK info {info})")
-    p, info = scipy.linalg.lapack.dpotri(c, lower=False, overwrite_c=True)
-    if info != 0:
-        raise RuntimeError(f"ease: inversion of X^T X + l2 I failed (LAPACK info {info})")
-    m = p.shape[0]
-    for j0 in range(0, m, block):  # potri fills the upper triangle only: mirror it, in place, block by block
-        j1 = min(j0 + block, m)
-        p[j0:j1, :j0] = p[:j0, j0:j1].T
-        sq = p[j0:j1, j0:j1]
-        low = np.tril_indices(j1 - j0, -1)
-        sq[low] = sq.T[low]
-    d = np.diag(p).copy()
-    p /= -d[None, :]  # in place: B_ij = -P_ij / P_jj
-    np.fill_diagonal(p, 0.0)
-    return p
 
 
 class EASEBaseline(Baseline):

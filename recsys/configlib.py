@@ -446,6 +446,18 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp!r}")  # internal: a field type we cannot check
 
 
+def _qualified(message: str, prefix: str) -> str:
+    """A nested section's check names its key from the section (``collab.l2: ...``): give it the whole path
+    (``prerank.feature_params.collab.l2: ...``) when the section sits at ``prefix``."""
+    key = message.split(":", 1)[0]
+    if not prefix or " " in key or key == prefix or key.startswith(prefix + "."):
+        return message
+    last = prefix.rsplit(".", 1)[-1]
+    if key == last or key.startswith(last + "."):
+        return prefix + message[len(last):]
+    return message
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
     data = dict(data or {})
@@ -468,8 +480,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
         kwargs[name] = _convert(value, hints[name], key)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        raise ConfigError(_qualified(str(exc), prefix)) from exc.__cause__
     except (TypeError, ValueError) as exc:  # a __post_init__ check
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
 

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.collab import CollabConfig, ItemItem, gather_csr as _gather_csr, pair_lookup as _pair_lookup
 from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog
 from recsys.data.schema import Dataset, Role
@@ -70,7 +71,7 @@ FORMAT_VERSION = 1
 DAY = 86_400
 CONTEXT_JSON = "feature_context.json"
 POP_WINDOWS: tuple[tuple[str, float | None], ...] = (("pop_1d", 1.0), ("pop_7d", 7.0), ("pop_all", None))
-SOURCES = ("ann", "popularity", "graph")  # candidate sources with a 0/1 column (src_<name>)
+SOURCES = ("ann", "popularity", "graph", "collab")  # candidate sources with a 0/1 column (src_<name>)
 #: features that carry an upstream *scoring stage*'s output: a stage must not use its own (the pre-ranker's
 #: default features leave these out; the heavy ranker's include them)
 STAGE_SCORE_FEATURES = ("prerank_score",)
@@ -101,6 +102,8 @@ class FeatureConfig:
     ctr_prior     smoothing of the item CTR: (clicks + prior * global_ctr) / (impressions + prior)
     category_col  the items-table column giving an item's category (absent: the category features are NaN)
     created_col   the items-table column giving an item's creation time in Unix seconds (absent: age is NaN)
+    collab        the item-item model of the ``collab_score`` feature (:mod:`recsys.collab`; ``method: none``:
+                  the feature is NaN and no model is fitted)
     """
 
     co_last_n: int = 10
@@ -111,6 +114,7 @@ class FeatureConfig:
     ctr_prior: float = 20.0
     category_col: str = "category"
     created_col: str = "created_at"
+    collab: CollabConfig = dataclasses.field(default_factory=CollabConfig)
 
     def __post_init__(self) -> None:
         for name, ok, what in (
@@ -177,6 +181,7 @@ class FeatureContext:
     user_table     (T + 1, Fu) float32 users-table features; row T: unknown user (NaN); ``user_index`` maps
                    external user ids to rows
     item_table     (N, Fi) float32 items-table features (NaN when unknown)
+    collab         the fitted item-item model (:class:`recsys.collab.ItemItem`), None with ``collab.method: none``
     """
 
     catalog: Catalog
@@ -198,6 +203,7 @@ class FeatureContext:
     context_columns: tuple[ColumnEncoding, ...]
     window: tuple[int, int]  # (first, last) event time of the fitting window
     transition: Transition | None = None
+    collab: ItemItem | None = None
 
     def __post_init__(self) -> None:
         if self.transition is None:
@@ -298,6 +304,10 @@ class FeatureContext:
         transition = Transition.from_adjacency(graph)
         pr = pagerank(transition, damping=params.ppr_damping, tol=params.pagerank_tol, max_iter=1000)
 
+        collab = None  # fitted on every engaging user's rows (raw ids: users outside the catalogue count too)
+        if params.collab.method != "none":
+            collab = ItemItem(params.collab).fit(train_df[catalog.user_col].to_numpy()[is_pos][ok], pi[ok], n)
+
         uok = all_u < catalog.users.oov
         user_events = np.bincount(all_u[uok], minlength=len(catalog.users))[: len(catalog.users)].astype(np.float32)
 
@@ -323,7 +333,7 @@ class FeatureContext:
             category=category, n_categories=n_categories, graph=graph, pagerank=pr, user_events=user_events,
             user_index=user_index, user_table=user_table, user_columns=tuple(user_cols), item_table=item_table,
             item_columns=tuple(item_cols), context_columns=ctx_cols, window=(int(all_t.min()), t_end),
-            transition=transition,
+            transition=transition, collab=collab,
         )
         logger.info(
             "feature context: %d items, %d users, %d engagements, graph %d edges, %d categories, features: %s",
@@ -344,6 +354,8 @@ class FeatureContext:
         for name, arr in arrays.items():
             np.save(folder / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
         save_graph(folder / "item_graph", self.graph)
+        if self.collab is not None:
+            self.collab.save(folder / "collab")
         if self.user_index is not None:
             self.user_index.save(folder / "user_table_ids.parquet")
         meta = {
@@ -387,9 +399,16 @@ class FeatureContext:
         if graph.shape != (n, n):
             raise ValueError(f"{folder / 'item_graph'}: graph shape {graph.shape} is not ({n}, {n})")
         user_index = Vocab.load(folder / "user_table_ids.parquet") if meta["has_user_table"] else None
+        params = from_dict(FeatureConfig, meta["params"], prefix=f"{path}: params")
+        collab = None
+        if params.collab.method != "none":
+            if not (folder / "collab" / "collab.json").is_file():
+                raise FileNotFoundError(f"{folder / 'collab' / 'collab.json'}: missing; params.collab.method is "
+                                        f"{params.collab.method!r} (a context saved before collab features?)")
+            collab = ItemItem.load(folder / "collab", n)
         return cls(
             catalog=catalog,
-            params=from_dict(FeatureConfig, meta["params"], prefix=f"{path}: params"),
+            params=params, collab=collab,
             graph_cfg=from_dict(GraphConfig, meta["graph"], prefix=f"{path}: graph"),
             pop=arr["pop"], ctr=arr["ctr"], created_at=arr["created_at"], category=arr["category"],
             n_categories=int(meta["n_categories"]), graph=graph, pagerank=arr["pagerank"],
@@ -565,16 +584,6 @@ def _ppr(x: FeatureInputs) -> np.ndarray:
     return (out * ctx.n_items).astype(np.float32)
 
 
-def _gather_csr(m: sp.csr_matrix, cols: np.ndarray) -> np.ndarray:
-    """(B, C) float64 ``m[b, cols[b, c]]`` of a (B, N) csr matrix (0 where absent), by a sorted-key lookup
-    (row-wise, so each row's values do not depend on the other rows)."""
-    m = sp.csr_matrix(m)
-    m.sum_duplicates()  # also sorts the indices
-    b, n = m.shape
-    keys = np.repeat(np.arange(b, dtype=np.int64), np.diff(m.indptr)) * n + m.indices.astype(np.int64)
-    return _pair_lookup(keys, m.data.astype(np.float64), np.arange(b, dtype=np.int64)[:, None] * n + cols)
-
-
 def _co_engagement(x: FeatureInputs) -> np.ndarray:
     """``sum_{h in last co_last_n of history[b]} graph[h, c]`` (as :func:`recsys.graph.co_engagement`), by
     gathering the out-edges of the history items and one sorted-key lookup: O(B n M log(B n M)) for M
@@ -598,15 +607,12 @@ def _co_engagement(x: FeatureInputs) -> np.ndarray:
     return _pair_lookup(ukeys, sums, np.arange(x.shape[0], dtype=np.int64)[:, None] * n + x.safe)
 
 
-def _pair_lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``vals`` at the ``query`` keys (``keys`` sorted, unique), 0 where absent."""
-    out = np.zeros(query.shape, dtype=vals.dtype)
-    if len(keys) == 0:
-        return out
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    hit = keys[pos] == query
-    out[hit] = vals[pos[hit]]
-    return out
+def _collab_score(x: FeatureInputs) -> np.ndarray:
+    """``sum_{h in distinct known history[b]} W[h, c]`` of the context's item-item model (one sparse product of
+    the batch's binary histories with W, then a row-wise gather); NaN without a model."""
+    if x.ctx.collab is None:
+        return np.full(x.shape, np.nan, dtype=np.float32)
+    return x.ctx.collab.pair_scores(x.history_known(), x.safe)
 
 
 def _category_affinity(x: FeatureInputs) -> np.ndarray:
@@ -685,6 +691,9 @@ REGISTRY: dict[str, Feature] = {
                 FeatureKind.NUMERIC, _ppr),
         Feature("co_engagement", "sum of item-graph edge weights from the user's last co_last_n history items to the "
                 "item; 0 without history or edges", FeatureKind.NUMERIC, _co_engagement),
+        Feature("collab_score", "item-item collaborative score (EASE or item-kNN, feature_params.collab) of the item "
+                "given the user's whole distinct history: sum of the pruned weights W[h, item]; 0 without history "
+                "or weights, NaN with collab.method none", FeatureKind.NUMERIC, _collab_score),
         Feature("user_cat_affinity", "share of the user's history (items with a known category) in the item's "
                 "category; NaN for an empty history or an item of unknown category", FeatureKind.NUMERIC,
                 _category_affinity),

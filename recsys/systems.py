@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable
 
 GRAPH_FEATURES = ("item_pagerank", "ppr", "co_engagement", "src_graph")
+COLLAB_FEATURES = ("collab_score", "src_collab")
 ALL_SCORING = "*"
 
 
@@ -49,6 +50,8 @@ SYSTEMS: tuple[System, ...] = (
            variants=(("prerank", "no_graph"), ("rank", "no_graph")), needs=("prerank",)),
     System("prerank_only_no_graph", "the pre-ranker without graph features, no heavy ranker",
            drop=("rank",), variants=(("prerank", "no_graph"),), needs=("prerank", "rank")),
+    System("no_collab_features", "pre-ranker and heavy ranker trained without the item-item (collab) features",
+           variants=(("prerank", "no_collab"), ("rank", "no_collab")), needs=("prerank",)),
     System("shared_bottom", "the heavy ranker with a shared-bottom multi-task core",
            variants=(("rank", "shared_bottom"),), needs=("rank",)),
     System("single_task", "the heavy ranker with one tower per task and no sharing",
@@ -77,6 +80,7 @@ def _arch(arch: str):
 # would equal the base (the system is then identical to the engine and is not built)
 VARIANTS: dict[str, Callable[[Any, Any], Any]] = {
     "no_graph": lambda cfg, base: _without_features(cfg, base, GRAPH_FEATURES),
+    "no_collab": lambda cfg, base: _without_features(cfg, base, COLLAB_FEATURES),
     "shared_bottom": _arch("shared_bottom"),
     "single_task": _arch("single_task"),
     "mmoe": _arch("mmoe"),
@@ -115,5 +119,5 @@ def applicable(system: System, types: list[str]) -> bool:
     return all(t in types for t in system.needs) and not (system.drop == (ALL_SCORING,) and len(types) < 2)
 
 
-__all__ = ["ALL_SCORING", "BY_NAME", "DERIVATIONS", "GRAPH_FEATURES", "SYSTEMS", "System", "VARIANTS", "applicable",
+__all__ = ["ALL_SCORING", "BY_NAME", "COLLAB_FEATURES", "DERIVATIONS", "GRAPH_FEATURES", "SYSTEMS", "System", "VARIANTS", "applicable",
            "selected"]

@@ -86,15 +86,16 @@ def test_svd_reads_play_counts_as_log_counts_or_binary():
 
 def test_ease_inverts_with_the_blas_threads_it_is_given(monkeypatch):
     from threadpoolctl import threadpool_info, threadpool_limits
+    import scipy.linalg
 
     seen = []
-    real = B.scipy.linalg.lapack.dpotrf
+    real = scipy.linalg.lapack.dpotrf
 
     def spy(*args, **kwargs):
         seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(B.scipy.linalg.lapack, "dpotrf", spy)
+    monkeypatch.setattr(scipy.linalg.lapack, "dpotrf", spy)
     ds = count_log()
     cat = Catalog.from_dataset(ds)
     with threadpool_limits(limits=2, user_api="blas"):

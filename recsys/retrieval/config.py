@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from recsys.collab import CollabConfig
 from recsys.graph.item_graph import GraphConfig
 from recsys.graph.pagerank import PPRConfig
 from recsys.retrieval.index import parse_factory
@@ -97,6 +98,9 @@ class RetrievalConfig:
     graph_share       fraction of the k slots reserved for the graph source (the user's top personalized
                       PageRank items on the item graph of the train window); 0 disables the source
     graph, ppr        the item graph (co-engagement + explicit links) and the PPR computation of that source
+    collab_share      fraction of the k slots reserved for the item-item source (EASE or item-kNN top items of
+                      the user's history, fitted on the train window; :mod:`recsys.collab`); 0 disables it
+    collab            that source's item-item model
     """
 
     two_tower: TwoTowerConfig = dataclasses.field(default_factory=TwoTowerConfig)
@@ -112,6 +116,8 @@ class RetrievalConfig:
     graph_share: float = 0.1
     graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
     ppr: PPRConfig = dataclasses.field(default_factory=lambda: PPRConfig(eps=1e-4))
+    collab_share: float = 0.0
+    collab: CollabConfig = dataclasses.field(default_factory=CollabConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -124,6 +130,8 @@ class RetrievalConfig:
             ("ann_k", self.ann_k >= 0, ">= 0"),
             ("popularity_share", 0.0 <= self.popularity_share <= 1.0, "in [0, 1]"),
             ("graph_share", 0.0 <= self.graph_share <= 1.0 - self.popularity_share, "in [0, 1 - popularity_share]"),
+            ("collab_share", 0.0 <= self.collab_share <= 1.0 - self.popularity_share - self.graph_share,
+             "in [0, 1 - popularity_share - graph_share]"),
             ("popularity_days", self.popularity_days >= 0, ">= 0"),
             ("index_threads", self.index_threads >= 1, ">= 1"),
         ):

@@ -9,6 +9,7 @@ that method (e.g. a graph personalised-PageRank source) can be merged with the b
 * :class:`AnnSource`: two-tower user vector -> :class:`~recsys.retrieval.index.AnnIndex` inner-product search.
 * :class:`PopularitySource`: the most engaged items of the training window (optionally only its last days);
   serves cold users and fills short lists.
+* :class:`CollabSource`: an item-item model's (EASE or item-kNN, :mod:`recsys.collab`) top items for the history.
 
 :func:`merge_candidates` combines the sources' lists into :class:`Candidates`.
 """
@@ -21,6 +22,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from recsys.collab import ItemItem, top_per_row
 from recsys.retrieval.index import AnnIndex
 from recsys.types import Ragged, Requests
 
@@ -184,6 +186,44 @@ class PopularitySource:
         items = np.broadcast_to(self.ranked[:width], (b, width))
         scores = np.broadcast_to(self.ranked_scores[:width], (b, width))
         return compact(items, scores, exclusion_mask(items, requests.exclude, n), k)
+
+
+class CollabSource:
+    """Item-item candidates: each request's k best items by ``s(u, c) = sum_{h in distinct history} W[h, c]``
+    (:class:`recsys.collab.ItemItem`), positive scores only (ties: lower index), never an item of
+    ``requests.exclude``. A request without known history items gets none (-1 / NaN), left to other sources.
+
+    Cost per request O(|history| K) for K weights per row of W, whatever the catalogue size; one sparse product
+    for the batch, so a row does not depend on the others.
+    """
+
+    def __init__(self, model: ItemItem, name: str = "collab") -> None:
+        if not isinstance(model, ItemItem) or model.weights is None:
+            raise TypeError("CollabSource: needs a fitted recsys.collab.ItemItem")
+        self.name = name
+        self.model = model
+
+    @property
+    def n_items(self) -> int:
+        return self.model.n_items
+
+    def candidates(self, requests: Requests, k: int) -> tuple[np.ndarray, np.ndarray]:
+        b, n = len(requests), self.model.n_items
+        items = np.full((b, k), -1, dtype=np.int64)
+        scores = np.full((b, k), np.nan, dtype=np.float32)
+        if b == 0 or k == 0:
+            return items, scores
+        s = self.model.scores(requests.history)
+        s.sum_duplicates()
+        r = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr))
+        c, v = s.indices.astype(np.int64), s.data
+        keep = v > 0
+        if requests.exclude is not None and len(requests.exclude.values):
+            keep &= ~sorted_member(r * (n + 1) + c, np.sort(_ragged_keys(requests.exclude, n)))
+        r, c, v = top_per_row(r[keep], c[keep], v[keep], v[keep], b, k)
+        pos = np.arange(len(r)) - np.searchsorted(r, np.arange(b))[r]
+        items[r, pos], scores[r, pos] = c, v
+        return items, scores
 
 
 class AnnSource:

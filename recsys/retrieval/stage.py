@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 from recsys.bundle import check_name
-from recsys.configlib import from_dict, to_dict
+from recsys.collab import METHODS, ItemItem
+from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
@@ -49,7 +50,8 @@ from recsys.graph.pagerank import GraphSource
 from recsys.io import read_stage_meta
 from recsys.retrieval.index import AnnIndex
 from recsys.retrieval.sources import (
-    AnnSource, Candidates, CandidateSource, PopularitySource, cold_rows, merge_candidates, sorted_member,
+    AnnSource, Candidates, CandidateSource, CollabSource, PopularitySource, cold_rows, merge_candidates,
+    sorted_member,
 )
 from recsys.retrieval.train import TrainExamples, UserInputs, ValidSet, pad_history, train_two_tower
 from recsys.retrieval.two_tower import TowerSpec, TwoTower
@@ -401,6 +403,12 @@ class RetrievalStage:
         self._build_index()
         if cfg.graph_share > 0:
             self.add_source("graph", graph_source(ds, catalog, users, items, times, cfg), cfg.graph_share)
+        if cfg.collab_share > 0:
+            if cfg.collab.method == "none":
+                raise ConfigError("retrieval.collab.method: 'none' with retrieval.collab_share > 0; set a method "
+                                  f"({', '.join(m for m in METHODS if m != 'none')}) or collab_share 0")
+            model = ItemItem(cfg.collab).fit(pos[catalog.user_col].to_numpy(), items, n)
+            self.add_source("collab", CollabSource(model), cfg.collab_share)
         return self
 
     def _valid_set(self, valid: pd.DataFrame, train_pos: pd.DataFrame, label: str, tt: TwoTowerConfig):
@@ -553,6 +561,9 @@ class RetrievalStage:
             if isinstance(src, GraphSource):
                 src.save(folder / "sources" / name)
                 saved[name] = {"type": "graph", "share": share}
+            elif isinstance(src, CollabSource):
+                src.model.save(folder / "sources" / name)
+                saved[name] = {"type": "collab", "share": share}
             else:
                 logger.warning("retrieval: extra source %r is not saved with the stage (no known format)", name)
         (folder / "sources.json").write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
@@ -587,11 +598,15 @@ class RetrievalStage:
             raise ValueError(f"{folder / 'index.faiss'}: {self.index.ntotal} vectors for {catalog.n_items} items")
         sources_path = folder / "sources.json"
         for name, spec in (json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}).items():
-            if spec.get("type") != "graph":
-                raise ValueError(f"{sources_path}: source {name!r} has unknown type {spec.get('type')!r}")
+            if spec.get("type") not in ("graph", "collab"):
+                raise ValueError(f"{sources_path}: source {name!r} has unknown type {spec.get('type')!r} "
+                                 "(expected 'graph' or 'collab')")
             check_name(name, f"{sources_path}: source name")  # joined into a path below: must stay inside
-            src = GraphSource.load(folder / "sources" / name)
+            if spec["type"] == "collab":
+                src = CollabSource(ItemItem.load(folder / "sources" / name, catalog.n_items))
+            else:
+                src = GraphSource.load(folder / "sources" / name)
             if src.n_items != catalog.n_items:
-                raise ValueError(f"{folder / 'sources' / name}: graph of {src.n_items} items, catalogue {catalog.n_items}")
+                raise ValueError(f"{folder / 'sources' / name}: source of {src.n_items} items, catalogue {catalog.n_items}")
             self.add_source(name, src, float(spec["share"]))
         return self
