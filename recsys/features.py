@@ -21,8 +21,8 @@ is 0, not NaN.
 trained on; never on the window the pre-ranker learns from, so no label leaks into a feature) and saved as
 ``.npy`` / ``.json`` (plus the users-table id vocabulary as a one-column Parquet file; no pickle). It holds
 item popularity, CTR, creation time and category, the item graph (co-engagement + explicit links,
-:mod:`recsys.graph`) with its global PageRank, per-user activity counts and the users/items/context columns'
-encodings. Popularity and the graph are as of the end of that window, also at serving time.
+:mod:`recsys.graph`) with its global PageRank, the item-item model of ``collab_score`` (EASE or item-kNN,
+:mod:`recsys.collab`), per-user activity counts and the users/items/context columns' encodings. Popularity and the graph are as of the end of that window, also at serving time.
 
 **Registry.** :data:`REGISTRY` maps each fixed feature name to a :class:`Feature` (name, description, kind,
 function). Dataset columns give three families whose names depend on the dataset schema, resolved against
@@ -764,9 +764,14 @@ def _family_features(ctx: FeatureContext) -> dict[str, Feature]:
     return out
 
 
+#: registry features a context may lack the model for: (name, predicate on the context)
+_NEEDS = {"collab_score": lambda ctx: ctx.collab is not None}
+
+
 def available_features(ctx: FeatureContext) -> list[str]:
-    """Every feature name :func:`assemble` can compute with ``ctx``: the registry, then the column families."""
-    return list(REGISTRY) + list(_family_features(ctx))
+    """Every feature name :func:`assemble` can compute with ``ctx``: the registry (without ``collab_score``
+    when the context has no item-item model), then the column families."""
+    return [n for n in REGISTRY if n not in _NEEDS or _NEEDS[n](ctx)] + list(_family_features(ctx))
 
 
 def resolve(names: Sequence[str], ctx: FeatureContext) -> list[Feature]:

@@ -297,6 +297,31 @@ def test_ctr_is_nan_without_impressions():
     assert np.isfinite(ctx2.ctr).all() and (ctx2.ctr > 0).all() and (ctx2.ctr < 1).all()
 
 
+def test_collab_score_is_the_ease_score_of_the_whole_distinct_history(world):
+    """collab_score = sum over the distinct known history of the pruned EASE weights, fitted on the context's
+    window (every engaging user, those outside the catalogue too); NaN with collab.method none."""
+    from recsys.collab import ease_weights, positive_matrix, prune_rows
+
+    ds, train, catalog, ctx, req, cands = world
+    got = col_of(assemble(req, cands, ctx), "collab_score", available_features(ctx))
+    pos = train[train["click"] > 0]
+    items = catalog.items.encode(pos["item_id"].to_numpy())
+    ok = items < catalog.n_items
+    x = positive_matrix(pos["user_id"].to_numpy()[ok], items[ok], catalog.n_items)
+    p = ctx.params.collab
+    w = prune_rows(ease_weights(x, p.l2), p.n_neighbors).toarray()
+    for b, c in zip(*np.nonzero(cands.items >= 0)):
+        hist = {h for h in req.history.row(b) if 0 <= h < catalog.n_items}
+        assert got[b, c] == pytest.approx(sum(w[h, cands.items[b, c]] for h in hist), rel=1e-5, abs=1e-6)
+    assert (got[cands.items >= 0] != 0).any()
+    from recsys.collab import CollabConfig
+
+    off = FeatureContext.fit(ds, catalog, train, params=FeatureConfig(collab=CollabConfig(method="none")))
+    assert off.collab is None
+    assert "collab_score" not in available_features(off)  # not a default feature without its model
+    assert np.isnan(assemble(req, cands, off, ["collab_score"])).all()
+
+
 def test_context_save_load_round_trip(world, tmp_path):
     ds, train, catalog, ctx, req, cands = world
     ctx.save(tmp_path / "ctx")

@@ -348,7 +348,14 @@ def test_recalibration_without_a_cover_task_uses_an_auxiliary_head(world):
     """save is positive also where click is 0: no task equals 'any task positive', so P(any) gets its own head
     and every task is recalibrated with it (q_t = p_t / (r + (1 - r) / w))."""
     ds, catalog, ctx, retrieval, past, rank, ev, before_ev = world
-    cfg = dataclasses.replace(CFG, tasks=("click", "like", "save"), downsample_w=0.1)
+    # without the item-item feature: summed over a history that grows from the rank window to this later one, it
+    # moved the click level measured here from 1.15 to 1.21 (a known limit, README); this test is about the heads
+    from recsys.collab import CollabConfig
+    from recsys.features import FeatureConfig
+
+    fp = FeatureConfig(collab=CollabConfig(method="none"))
+    ctx = FeatureContext.fit(ds, catalog, past, params=fp)
+    cfg = dataclasses.replace(CFG, tasks=("click", "like", "save"), downsample_w=0.1, feature_params=fp)
     stage = fit_rank(ds, catalog, retrieval, None, ctx, rank, past, cfg)
     assert stage.model_tasks == ["click", "like", "save", ANY_TASK] and stage.any_index == 3
     assert stage.valid_metrics["recalibration"] == f"auxiliary head {ANY_TASK!r}"
@@ -596,8 +603,10 @@ def expected_auc(s: np.ndarray, p: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
+    from recsys.collab import CollabConfig
     from recsys.configlib import SplitConfig
     from recsys.data.split import split_dataset
+    from recsys.features import FeatureConfig
     from recsys.data.synthetic import synthesize
     from recsys.prerank.stage import PrerankConfig, PrerankStage
     from recsys.retrieval.config import RetrievalConfig, TwoTowerConfig
@@ -610,12 +619,16 @@ def synthetic(tmp_path_factory):
                                                     batch_size=256, threads=1), index_factory="Flat", index_threads=1)
     retrieval = RetrievalStage(rcfg).fit(fit_context(ds, catalog, split["train"], split["train"].iloc[:0],
                                                      valid=split["prerank"]))
-    pcfg = PrerankConfig(num_threads=1, n_estimators=30, min_data_in_leaf=5, gains={"click": 1.0, "like": 1.0})
+    # the synthetic worlds' config (configs/default.yaml): no item-item features, which did not help on the demo
+    # world's validation window (README, "The item-item source and feature")
+    fp = FeatureConfig(collab=CollabConfig(method="none"))
+    pcfg = PrerankConfig(num_threads=1, n_estimators=30, min_data_in_leaf=5, gains={"click": 1.0, "like": 1.0},
+                         feature_params=fp)
     ctx = FeatureContext.fit(ds, catalog, split["train"], pcfg.graph, pcfg.feature_params)
     # each stage trained on what it is served: the pre-ranker on retrieval@100, the ranker on its top 50 of those
     prerank = PrerankStage(pcfg).fit(fit_context(ds, catalog, split["prerank"], split.before("prerank"),
                                                  up(retrieval, None, 100), ctx))
-    cfg = RankConfig(train=TrainConfig(max_epochs=40, patience=4, batch_size=128))  # auto: impressions
+    cfg = RankConfig(train=TrainConfig(max_epochs=40, patience=4, batch_size=128), feature_params=fp)  # auto: impressions
     stage = fit_rank(ds, catalog, retrieval, prerank, ctx, split["rank"], split.before("rank"), cfg, 50, 100)
     return ds, split, catalog, retrieval, prerank, stage
 

@@ -14,6 +14,8 @@ from fitting import fit_context
 import torch
 import torch.nn.functional as F
 
+from recsys.collab import CollabConfig
+from recsys.configlib import ConfigError
 from recsys.data.catalog import Catalog
 from recsys.data.schema import Dataset, col, make_schema
 from recsys.retrieval.stage import RetrievalConfig, RetrievalStage
@@ -308,6 +310,27 @@ def test_graph_source_is_merged_and_saved(fitted_stage, tmp_path):
     c2 = again.retrieve(req, 20)
     np.testing.assert_array_equal(c.items, c2.items)
     np.testing.assert_array_equal(c.source, c2.source)
+
+
+def test_collab_source_is_merged_and_saved(fitted_stage, tmp_path):
+    """With collab_share > 0 the stage fits the item-item model on the train positives, reserves its slots
+    after the graph source, and the source survives save/load (same candidates and scores)."""
+    stage, ds, catalog, train, test = fitted_stage
+    cfg = dataclasses.replace(stage.cfg, graph_share=0.1, collab_share=0.25)
+    g = RetrievalStage(cfg).fit(fit_context(ds, catalog, train, train.iloc[:0], valid=test))
+    req = _requests(catalog, train, np.arange(8))
+    c = g.retrieve(req, 20)
+    assert c.names == ["ann", "graph", "collab", "popularity"]
+    assert np.isfinite(c.scores["collab"]).sum(axis=1).min() >= 5
+    g.save(tmp_path / "stage")
+    again = RetrievalStage.load(tmp_path / "stage", catalog)
+    c2 = again.retrieve(req, 20)
+    np.testing.assert_array_equal(c.items, c2.items)
+    np.testing.assert_array_equal(c.source, c2.source)
+    np.testing.assert_array_equal(c.scores["collab"], c2.scores["collab"])
+    with pytest.raises(ConfigError, match="retrieval.collab.method: 'none' with retrieval.collab_share > 0"):
+        RetrievalStage(dataclasses.replace(cfg, collab=CollabConfig(method="none"))).fit(
+            fit_context(ds, catalog, train, train.iloc[:0], valid=test))
 
 
 def _requests(catalog, train, user_ids, exclude_seen=True):

@@ -138,7 +138,7 @@ from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
 from recsys.deadline import checkpoint
 from recsys.retrieval.sources import select_columns
-from recsys.features import (STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble,
+from recsys.features import (SOURCES, STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, FeatureKind, assemble,
                              available_features, resolve)
 from recsys.graph import GraphConfig
 from recsys.io import read_stage_meta, write_json
@@ -155,7 +155,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 #: features describing where a candidate came from; left out by default (see the module docstring)
-SOURCE_DEPENDENT = ("ann_rank", "src_ann", "src_popularity", "src_graph", "n_sources")
+SOURCE_DEPENDENT = ("ann_rank", *(f"src_{s}" for s in SOURCES), "n_sources")
 EMB_INIT_STD = 0.01
 _CHUNK = 512  # requests per retrieve + pre-rank + assemble block
 _PREDICT_BATCH = 8192
