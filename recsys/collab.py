@@ -48,7 +48,8 @@ FORMAT_VERSION = 1
 class CollabConfig:
     """The item-item model.
 
-    method        ``ease`` (closed-form EASE, Steck WWW 2019), ``itemknn`` (pruned cosine) or ``none`` (no model)
+    method        ``itemknn`` (pruned cosine; the default, chosen on validation: README), ``ease`` (closed-form
+                  EASE, Steck WWW 2019) or ``none`` (no model)
     l2            EASE's ridge penalty on the weights
     n_neighbors   K: weights kept per row of W (EASE: the K largest |w|; item-kNN: the K largest cosines)
     max_items     EASE models only this many most engaged items (its dense M x M inverse); the others get
@@ -57,7 +58,7 @@ class CollabConfig:
                   matrix that 1 thread inverts)
     """
 
-    method: str = "ease"
+    method: str = "itemknn"
     l2: float = 500.0
     n_neighbors: int = 200
     max_items: int = 20000

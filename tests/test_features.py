@@ -297,24 +297,27 @@ def test_ctr_is_nan_without_impressions():
     assert np.isfinite(ctx2.ctr).all() and (ctx2.ctr > 0).all() and (ctx2.ctr < 1).all()
 
 
-def test_collab_score_is_the_ease_score_of_the_whole_distinct_history(world):
-    """collab_score = sum over the distinct known history of the pruned EASE weights, fitted on the context's
-    window (every engaging user, those outside the catalogue too); NaN with collab.method none."""
-    from recsys.collab import ease_weights, positive_matrix, prune_rows
+@pytest.mark.parametrize("method", ["itemknn", "ease"])
+def test_collab_score_is_the_item_item_score_of_the_whole_distinct_history(world, method):
+    """collab_score = sum over the distinct known history of the pruned item-item weights (item-kNN cosine or
+    EASE), fitted on the context's window (every engaging user, those outside the catalogue too); without a
+    model (collab.method none) it is not a default feature and NaN when asked for."""
+    from recsys.collab import CollabConfig, cosine_topn, ease_weights, positive_matrix, prune_rows
 
     ds, train, catalog, ctx, req, cands = world
+    ctx = FeatureContext.fit(ds, catalog, train, params=dataclasses.replace(
+        ctx.params, collab=CollabConfig(method=method, l2=20.0, n_neighbors=6)))
     got = col_of(assemble(req, cands, ctx), "collab_score", available_features(ctx))
     pos = train[train["click"] > 0]
     items = catalog.items.encode(pos["item_id"].to_numpy())
     ok = items < catalog.n_items
     x = positive_matrix(pos["user_id"].to_numpy()[ok], items[ok], catalog.n_items)
     p = ctx.params.collab
-    w = prune_rows(ease_weights(x, p.l2), p.n_neighbors).toarray()
+    w = (cosine_topn(x, p.n_neighbors) if method == "itemknn" else prune_rows(ease_weights(x, p.l2), p.n_neighbors)).toarray()
     for b, c in zip(*np.nonzero(cands.items >= 0)):
         hist = {h for h in req.history.row(b) if 0 <= h < catalog.n_items}
         assert got[b, c] == pytest.approx(sum(w[h, cands.items[b, c]] for h in hist), rel=1e-5, abs=1e-6)
     assert (got[cands.items >= 0] != 0).any()
-    from recsys.collab import CollabConfig
 
     off = FeatureContext.fit(ds, catalog, train, params=FeatureConfig(collab=CollabConfig(method="none")))
     assert off.collab is None
