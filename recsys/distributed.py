@@ -17,6 +17,7 @@ log_to_driver=False)`` starts a local runtime; ``ray.init(address=...)`` joins a
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Sequence, TypeVar
 
 from recsys.configlib import Backend, RayConfig
@@ -61,6 +62,9 @@ def init_ray(ray_cfg: RayConfig | None = None) -> bool:
         if ray_cfg.num_cpus < 1:
             raise ValueError(f"ray.num_cpus: must be >= 1, got {ray_cfg.num_cpus}")
         logger.info("starting a local Ray runtime with %d CPUs", ray_cfg.num_cpus)
+        # Serve's proxy must answer its readiness check within 5 s by default; on a busy 2-core machine it took
+        # longer and Serve killed it (the local runtime's processes inherit this environment; the user's wins)
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
         ray.init(
             num_cpus=ray_cfg.num_cpus,
             include_dashboard=False,

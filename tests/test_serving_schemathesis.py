@@ -39,11 +39,30 @@ def test_the_schema_is_the_live_one(live):
     assert live.client.get("/openapi.json").json() == SPEC
 
 
+#: the documented load-shedding answers: whether they occur depends on how busy the machine is, not on the input
+#: (a generated request with a 50 ms budget got a correct 504 while other jobs kept both cores busy)
+SHEDDING = {503: "overloaded", 504: "deadline_exceeded"}
+
+
+def no_server_bug(ctx, response, case):
+    """schemathesis' ``not_a_server_error``, except a 503 ``overloaded`` / 504 ``deadline_exceeded`` answer
+    (the schema documents both; ``status_code_conformance`` and ``response_schema_conformance`` still check them).
+    Any other 5xx, a 500 above all, fails."""
+    if response.status_code in SHEDDING:
+        try:
+            code = response.json().get("error")
+        except ValueError:
+            code = None
+        if code == SHEDDING[response.status_code]:
+            return None
+    return not_a_server_error(ctx, response, case)
+
+
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, live):
     case.call_and_validate(
         base_url=live.url,
         headers={"authorization": f"Bearer {TOKEN}"} if case.path.startswith("/admin") else None,
-        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+        checks=[no_server_bug, status_code_conformance, content_type_conformance, response_schema_conformance],
     )
