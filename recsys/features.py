@@ -21,8 +21,9 @@ is 0, not NaN.
 trained on; never on the window the pre-ranker learns from, so no label leaks into a feature) and saved as
 ``.npy`` / ``.json`` (plus the users-table id vocabulary as a one-column Parquet file; no pickle). It holds
 item popularity, CTR, creation time and category, the item graph (co-engagement + explicit links,
-:mod:`recsys.graph`) with its global PageRank, the item-item model of ``collab_score`` (EASE or item-kNN,
-:mod:`recsys.collab`), per-user activity counts and the users/items/context columns' encodings. Popularity and the graph are as of the end of that window, also at serving time.
+:mod:`recsys.graph`) with its global PageRank, the item-item model of ``collab_score`` (item-kNN or EASE,
+:mod:`recsys.collab`), per-user activity counts and the users/items/context columns' encodings. Popularity, the
+graph and the item-item model are as of the end of that window, also at serving time.
 
 **Registry.** :data:`REGISTRY` maps each fixed feature name to a :class:`Feature` (name, description, kind,
 function). Dataset columns give three families whose names depend on the dataset schema, resolved against
@@ -103,7 +104,7 @@ class FeatureConfig:
     category_col  the items-table column giving an item's category (absent: the category features are NaN)
     created_col   the items-table column giving an item's creation time in Unix seconds (absent: age is NaN)
     collab        the item-item model of the ``collab_score`` feature (:mod:`recsys.collab`; ``method: none``:
-                  the feature is NaN and no model is fitted)
+                  no model is fitted and the feature is not offered)
     """
 
     co_last_n: int = 10

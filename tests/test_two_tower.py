@@ -329,8 +329,7 @@ def test_collab_source_is_merged_and_saved(fitted_stage, tmp_path):
     np.testing.assert_array_equal(c.source, c2.source)
     np.testing.assert_array_equal(c.scores["collab"], c2.scores["collab"])
     with pytest.raises(ConfigError, match="retrieval.collab.method: 'none' with retrieval.collab_share > 0"):
-        RetrievalStage(dataclasses.replace(cfg, collab=CollabConfig(method="none"))).fit(
-            fit_context(ds, catalog, train, train.iloc[:0], valid=test))
+        dataclasses.replace(cfg, collab=CollabConfig(method="none"))
 
 
 def _requests(catalog, train, user_ids, exclude_seen=True):

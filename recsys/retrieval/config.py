@@ -137,3 +137,6 @@ class RetrievalConfig:
         ):
             if not ok:
                 raise _error(f"retrieval.{name}: must be {what}, got {getattr(self, name)!r}")
+        if self.collab_share > 0 and self.collab.method == "none":
+            raise _error("retrieval.collab.method: 'none' with retrieval.collab_share > 0; set itemknn or ease, or "
+                         "collab_share 0")

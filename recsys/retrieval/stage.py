@@ -39,8 +39,8 @@ import pandas as pd
 import torch
 
 from recsys.bundle import check_name
-from recsys.collab import METHODS, ItemItem
-from recsys.configlib import ConfigError, from_dict, to_dict
+from recsys.collab import ItemItem
+from recsys.configlib import from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset, Kind, Role
 from recsys.data.vocab import Vocab
@@ -404,9 +404,6 @@ class RetrievalStage:
         if cfg.graph_share > 0:
             self.add_source("graph", graph_source(ds, catalog, users, items, times, cfg), cfg.graph_share)
         if cfg.collab_share > 0:
-            if cfg.collab.method == "none":
-                raise ConfigError("retrieval.collab.method: 'none' with retrieval.collab_share > 0; set a method "
-                                  f"({', '.join(m for m in METHODS if m != 'none')}) or collab_share 0")
             model = ItemItem(cfg.collab).fit(pos[catalog.user_col].to_numpy(), items, n)
             self.add_source("collab", CollabSource(model), cfg.collab_share)
         return self
