@@ -79,15 +79,15 @@ def test_ease_models_only_the_most_engaged_items_and_itemknn_is_the_pruned_cosin
     assert (np.diff(knn.weights.indptr) <= 4).all()
 
 
-def test_collab_source_matches_a_dense_loop_and_is_batch_invariant():
-    users, items = _log(seed=2)
+@pytest.mark.parametrize("method, k", [("ease", 6), ("itemknn", 3)])  # item-kNN on 0/1 data: many tied scores
+def test_collab_source_matches_a_dense_loop_and_is_batch_invariant(method, k):
+    users, items = _log(seed=2, per_user=4)
     n = 30
-    model = ItemItem(CollabConfig(method="ease", l2=2.0, n_neighbors=8)).fit(users, items, n)
+    model = ItemItem(CollabConfig(method=method, l2=2.0, n_neighbors=8)).fit(users, items, n)
     src = CollabSource(model)
     hist = [[0, 3, 6], [], [1, 4, 4, 7, 29], [2], [-1, 5, 100]]  # -1 / 100: outside the catalogue, ignored
     exclude = [[0, 3, 6, 9], [], [1, 4, 7], [2, 5], []]
     req = _requests(hist, exclude)
-    k = 6
     got_i, got_s = src.candidates(req, k)
     dense = _dense_scores(model.weights.toarray(), [[i for i in h if 0 <= i < n] for h in hist])
     for b in range(len(hist)):
@@ -100,6 +100,8 @@ def test_collab_source_matches_a_dense_loop_and_is_batch_invariant():
         np.testing.assert_array_equal(alone_i[0], got_i[b])
         np.testing.assert_array_equal(alone_s[0], got_s[b])
     assert (got_i[1] == -1).all()  # no history: nothing (left to the other sources)
+    if method == "itemknn":  # the case the partition must get right: a tie at the k-th score
+        assert any(len(set(np.round(dense[b][dense[b] > 0], 6))) < (dense[b] > 0).sum() for b in range(len(hist)))
 
 
 def test_save_load_round_trip(tmp_path):
@@ -126,3 +128,15 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"prerank\.feature_params\.collab\.l2: must be > 0"):
         load_config(None, ["prerank.feature_params.collab.l2=0"])
     assert sp.issparse(positive_matrix(np.array(["a"]), np.array([0]), 1))
+
+
+def test_collab_source_breaks_ties_at_the_cut_by_the_lower_item():
+    """Scores tied at the k-th place: the lower item indices are kept (a plain argpartition keeps others)."""
+    model = ItemItem(CollabConfig(method="itemknn"))
+    w = np.zeros((6, 6), dtype=np.float32)
+    w[5, :5] = 1.0  # item 5 -> items 0..4 equally
+    w[5, 4] = 2.0   # ... and item 4 more
+    model.weights = sp.csr_matrix(w)
+    items, scores = CollabSource(model).candidates(_requests([[5]], [[5]]), 3)
+    assert items.tolist() == [[4, 0, 1]]
+    np.testing.assert_array_equal(scores, [[2.0, 1.0, 1.0]])

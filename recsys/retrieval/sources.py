@@ -22,7 +22,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from recsys.collab import ItemItem, top_per_row
+from recsys.collab import ItemItem
 from recsys.retrieval.index import AnnIndex
 from recsys.types import Ragged, Requests
 
@@ -214,15 +214,22 @@ class CollabSource:
         if b == 0 or k == 0:
             return items, scores
         s = self.model.scores(requests.history)
-        s.sum_duplicates()
+        s.sum_duplicates()  # also sorts each row's columns
         r = np.repeat(np.arange(b, dtype=np.int64), np.diff(s.indptr))
         c, v = s.indices.astype(np.int64), s.data
         keep = v > 0
         if requests.exclude is not None and len(requests.exclude.values):
             keep &= ~sorted_member(r * (n + 1) + c, np.sort(_ragged_keys(requests.exclude, n)))
-        r, c, v = top_per_row(r[keep], c[keep], v[keep], v[keep], b, k)
-        pos = np.arange(len(r)) - np.searchsorted(r, np.arange(b))[r]
-        items[r, pos], scores[r, pos] = c, v
+        bounds = np.r_[0, np.cumsum(np.bincount(r[keep], minlength=b))]
+        c, v = c[keep], v[keep]
+        for row in range(b):  # per row: a linear-time partition to the k-th value, then an exact sort of those
+            lo, hi = bounds[row], bounds[row + 1]
+            rc, rv = c[lo:hi], v[lo:hi]
+            if hi - lo > k:
+                kth = -np.partition(-rv, k - 1)[k - 1]
+                rc, rv = rc[rv >= kth], rv[rv >= kth]  # every tie of the k-th value, cut below by column
+            order = np.lexsort((rc, -rv))[:k]
+            items[row, :len(order)], scores[row, :len(order)] = rc[order], rv[order]
         return items, scores
 
 
