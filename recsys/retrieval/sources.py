@@ -193,8 +193,9 @@ class CollabSource:
     (:class:`recsys.collab.ItemItem`), positive scores only (ties: lower index), never an item of
     ``requests.exclude``. A request without known history items gets none (-1 / NaN), left to other sources.
 
-    Cost per request O(|history| K) for K weights per row of W, whatever the catalogue size; one sparse product
-    for the batch, so a row does not depend on the others.
+    Cost per request O(|history| K) for K weights per row of W, whatever the catalogue size: one sparse product
+    for the batch, then per row a partition to the k-th score and an exact sort of what reaches it; a row never
+    depends on the others.
     """
 
     def __init__(self, model: ItemItem, name: str = "collab") -> None:
