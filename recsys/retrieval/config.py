@@ -32,6 +32,9 @@ class TwoTowerConfig:
     user/context feature is replaced by its OOV code, so the OOV rows learn a "generic" value and the tower
     works for users unseen at training (through their history and features).
     ``weight_decay`` (AdamW) applies to the dense layers and feature tables; the id tables use SparseAdam.
+    ``history_encoder``: how the user tower summarises the last ``history_len`` items: ``mean`` pooling, or
+    ``attention``, causal self-attention with ``attention_layers`` blocks of ``attention_heads`` heads and the
+    most recent position's output (SASRec-like; :class:`recsys.retrieval.two_tower.HistoryAttention`).
     ``eval_k``: early stopping on validation recall@eval_k (exact scoring of all items, seen items excluded);
     training stops after ``patience`` epochs without improvement and keeps the best epoch's weights.
     """
@@ -49,6 +52,9 @@ class TwoTowerConfig:
     logq: bool = True
     n_uniform_negatives: int = 0
     history_len: int = 20
+    history_encoder: str = "mean"
+    attention_layers: int = 2
+    attention_heads: int = 2
     input_dropout: float = 0.5
     eval_k: int = 100
     max_valid_users: int = 5000
@@ -69,6 +75,10 @@ class TwoTowerConfig:
             ("patience", self.patience >= 1, ">= 1"),
             ("n_uniform_negatives", self.n_uniform_negatives >= 0, ">= 0"),
             ("history_len", self.history_len >= 0, ">= 0 (0: no history pooling)"),
+            ("history_encoder", self.history_encoder in ("mean", "attention"), "'mean' or 'attention'"),
+            ("attention_layers", self.attention_layers >= 1, ">= 1"),
+            ("attention_heads", self.attention_heads >= 1 and self.emb_dim % self.attention_heads == 0,
+             f">= 1 and divide emb_dim ({self.emb_dim})"),
             ("input_dropout", 0.0 <= self.input_dropout < 1.0, "in [0, 1)"),
             ("eval_k", self.eval_k >= 1, ">= 1"),
             ("max_valid_users", self.max_valid_users >= 0, ">= 0 (0: all)"),

@@ -383,7 +383,8 @@ class RetrievalStage:
             n_users=catalog.users.size, n_items=n, dim=tt.dim, emb_dim=tt.emb_dim, feature_dim=tt.feature_dim,
             hidden=tuple(tt.hidden), user_cat_cards=encoder.cat_cards, user_n_numeric=encoder.n_numeric,
             item_cat_cards=icards, item_n_numeric=inum.shape[1], use_history=tt.history_len > 0,
-            temperature=tt.temperature,
+            temperature=tt.temperature, history_encoder=tt.history_encoder, history_len=tt.history_len,
+            attention_layers=tt.attention_layers, attention_heads=tt.attention_heads,
         )
         with torch.random.fork_rng():  # seeded initial weights without touching the caller's torch RNG
             torch.manual_seed(tt.seed)

@@ -4,9 +4,9 @@ Recommendations", RecSys 2019) and its in-batch sampled-softmax loss with logQ c
 Shapes: B users (rows of a batch), N items in the catalogue, L history length, D output dimension,
 E id-embedding dimension, F categorical feature columns, Fn numeric feature columns, M extra negatives.
 
-* :class:`UserTower`: [user id embedding (with an OOV row), mean-pooled embeddings of the user's last L items
-  (taken from the ITEM id table, shared with the item tower), categorical user/context feature embeddings,
-  numeric user/context features] -> MLP -> D, L2-normalised.
+* :class:`UserTower`: [user id embedding (with an OOV row), mean-pooled (or self-attended, SASRec-like)
+  embeddings of the user's last L items (taken from the ITEM id table, shared with the item tower),
+  categorical user/context feature embeddings, numeric user/context features] -> MLP -> D, L2-normalised.
 * :class:`ItemTower`: [item id embedding, categorical item feature embeddings (e.g. category), numeric item
   features] -> MLP -> D, L2-normalised. The item feature values of the N catalogue items are buffers of the
   tower (saved with its weights), so the tower maps item indices to vectors on its own.
@@ -51,6 +51,10 @@ class TowerSpec:
     item_n_numeric: int = 0
     use_history: bool = True
     temperature: float = 0.05
+    history_encoder: str = "mean"  # mean | attention (SASRec-like, :class:`HistoryAttention`)
+    history_len: int = 20  # L: the attention's position table
+    attention_layers: int = 2
+    attention_heads: int = 2
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -61,6 +65,8 @@ class TowerSpec:
             raise ValueError(f"TowerSpec.temperature must be > 0, got {self.temperature}")
         if any(c < 1 for c in self.user_cat_cards + self.item_cat_cards):
             raise ValueError("TowerSpec: every categorical cardinality must be >= 1")
+        if self.history_encoder not in ("mean", "attention"):
+            raise ValueError(f"TowerSpec.history_encoder must be 'mean' or 'attention', got {self.history_encoder!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TowerSpec":
@@ -141,12 +147,56 @@ class ItemTower(nn.Module):
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
 
 
+class HistoryAttention(nn.Module):
+    """Causal self-attention over the last L history items, SASRec-like (Kang & McAuley, ICDM 2018):
+    (history (B, L) right-aligned, padded with N; its (B, L, E) item embeddings) -> (B, E) summary.
+
+    x_0 = emb(item) + pos(position); ``layers`` pre-LayerNorm blocks x <- x + Attn(LN(x)), x <- x + FFN(LN(x)),
+    where position t attends to the non-padding positions <= t (causal mask + key padding mask; masked logits
+    are -1e9, not -inf, so a query with no valid key stays finite: such queries are padding positions, whose
+    outputs never reach a valid one). The summary is LN(x) at the last position, the most recent item; an empty
+    history gives 0. Each row is computed on its own (no cross-row op), so a user's vector does not depend on
+    the batch.
+    """
+
+    def __init__(self, emb_dim: int, length: int, layers: int = 2, heads: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        if emb_dim % heads:
+            raise ValueError(f"HistoryAttention: emb_dim {emb_dim} is not divisible by {heads} heads")
+        self.length, self.heads = max(length, 1), heads
+        self.position = nn.Parameter(torch.randn(self.length, emb_dim) / math.sqrt(emb_dim))
+        self.ln_att = nn.ModuleList(nn.LayerNorm(emb_dim) for _ in range(layers))
+        self.qkv = nn.ModuleList(nn.Linear(emb_dim, 3 * emb_dim) for _ in range(layers))
+        self.out = nn.ModuleList(nn.Linear(emb_dim, emb_dim) for _ in range(layers))
+        self.ln_ffn = nn.ModuleList(nn.LayerNorm(emb_dim) for _ in range(layers))
+        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(emb_dim, 2 * emb_dim), nn.ReLU(), nn.Linear(2 * emb_dim, emb_dim))
+                                 for _ in range(layers))
+        self.ln_final = nn.LayerNorm(emb_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, emb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        b, l, e = emb.shape
+        x = emb + self.position[-l:]
+        causal = torch.ones(l, l, dtype=torch.bool, device=emb.device).tril()
+        allowed = causal.unsqueeze(0) & valid.unsqueeze(1)  # (B, L query, L key)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, -1e9).unsqueeze(1)
+        h, d = self.heads, e // self.heads
+        for ln_a, qkv, out, ln_f, ffn in zip(self.ln_att, self.qkv, self.out, self.ln_ffn, self.ffn):
+            q, k, v = qkv(ln_a(x)).view(b, l, 3, h, d).permute(2, 0, 3, 1, 4)  # each (B, H, L, d)
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1)
+            x = x + self.dropout(out((att @ v).transpose(1, 2).reshape(b, l, e)))
+            x = x + self.dropout(ffn(ln_f(x)))
+        last = self.ln_final(x[:, -1])
+        return last * valid[:, -1:].to(last.dtype)  # right-aligned: the last position is valid unless empty
+
+
 class UserTower(nn.Module):
     """(users (B,), history (B, L), cat (B, F), num (B, Fn)) -> (B, D) L2-normalised vectors.
 
-    ``history`` holds item indices padded with N (the item table's padding row); it is mean-pooled from
-    ``history_embedding`` (pass the item tower's ``id_embedding`` to share it), plus log(1 + length) / log(1 + L)
-    as one numeric input. ``n_users`` 0 drops the user id embedding (a purely feature/history-based tower).
+    ``history`` holds item indices padded with N (the item table's padding row), embedded with
+    ``history_embedding`` (pass the item tower's ``id_embedding`` to share it) and mean-pooled, or summarised by
+    ``attention`` (:class:`HistoryAttention`) when given; plus log(1 + length) / log(1 + L) as one numeric
+    input. ``n_users`` 0 drops the user id embedding (a purely feature/history-based tower).
     """
 
     def __init__(
@@ -159,11 +209,13 @@ class UserTower(nn.Module):
         cat_cards: tuple[int, ...] = (),
         n_numeric: int = 0,
         feature_dim: int = 16,
+        attention: HistoryAttention | None = None,
     ) -> None:
         super().__init__()
         self.n_users = n_users
         self.id_embedding = _embedding(n_users, emb_dim, sparse=True) if n_users > 0 else None
         self.history_embedding = history_embedding
+        self.attention = attention  # None: mean pooling
         self.cat_embeddings = nn.ModuleList(_embedding(c, feature_dim) for c in cat_cards)
         self.cat_cards = tuple(cat_cards)
         self.n_numeric = n_numeric
@@ -190,9 +242,12 @@ class UserTower(nn.Module):
             if history is None:
                 history = torch.full((b, 1), pad, dtype=torch.long)
             mask = (history != pad).unsqueeze(-1).float()  # (B, L, 1)
-            summed = (self.history_embedding(history.clamp(0, pad)) * mask).sum(dim=1)
+            embedded = self.history_embedding(history.clamp(0, pad))
             count = mask.sum(dim=1)  # (B, 1)
-            parts.append(summed / count.clamp(min=1.0))
+            if self.attention is None:
+                parts.append((embedded * mask).sum(dim=1) / count.clamp(min=1.0))
+            else:
+                parts.append(self.attention(embedded, history != pad))
             parts.append(torch.log1p(count) / math.log1p(max(history.shape[1], 1)))
         if self.cat_cards:
             if cat is None or cat.shape != (b, len(self.cat_cards)):
@@ -227,6 +282,8 @@ class TwoTower(nn.Module):
             spec.n_users, spec.dim, spec.emb_dim, spec.hidden,
             history_embedding=item.id_embedding if spec.use_history else None,
             cat_cards=spec.user_cat_cards, n_numeric=spec.user_n_numeric, feature_dim=spec.feature_dim,
+            attention=HistoryAttention(spec.emb_dim, spec.history_len, spec.attention_layers, spec.attention_heads)
+            if spec.use_history and spec.history_encoder == "attention" else None,
         )
         return cls(user, item, spec.temperature)
 
