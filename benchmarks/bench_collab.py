@@ -19,6 +19,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from common import pct, timed  # noqa: E402  (benchmarks/common.py)
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 import argparse
@@ -48,14 +49,9 @@ def synthetic_log(n_items: int, n_users: int, events: int, seed: int) -> tuple[n
 
 
 def per_request_ms(fn, reps: int) -> dict:
-    fn()  # warm
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    a = np.asarray(times)
-    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
+    """p50 / p99 / mean / max of ``reps`` timed calls of ``fn()`` after one warm-up call (benchmarks/common.py)."""
+    fn()
+    return {k: round(v, 3) for k, v in pct([timed(fn) for _ in range(reps)]).items()}
 
 
 def main() -> None:

@@ -111,9 +111,9 @@ def binary_history(history: Ragged, n_items: int, dtype=np.float64) -> sp.csr_ma
     return m
 
 
-def pair_lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``vals`` at the ``query`` keys (``keys`` sorted, unique), 0 where absent."""
-    out = np.zeros(query.shape, dtype=vals.dtype)
+def pair_lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray, default=0) -> np.ndarray:
+    """``vals`` at the ``query`` keys (``keys`` sorted, unique), ``default`` where absent."""
+    out = np.full(query.shape, default, dtype=vals.dtype)
     if len(keys) == 0:
         return out
     pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)

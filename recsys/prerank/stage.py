@@ -62,6 +62,7 @@ from recsys.configlib import ConfigError, from_dict, to_dict
 from recsys.data.catalog import Catalog, positives
 from recsys.data.schema import Dataset
 from recsys.deadline import checkpoint
+from recsys.collab import pair_lookup as _pair_lookup
 from recsys.features import CANDIDATE_SOURCE_FEATURES, STAGE_SCORE_FEATURES, FeatureConfig, FeatureContext, \
     FeatureKind, assemble, available_features, resolve
 from recsys.graph import GraphConfig
@@ -201,17 +202,6 @@ def _gains(ds: Dataset, cfg: PrerankConfig) -> dict[str, float]:
     if bad:
         raise ValueError(f"prerank.gains: {bad} are not label columns of interactions; labels: {labels}")
     return gains
-
-
-def _pair_lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray, default) -> np.ndarray:
-    """``vals`` at ``query`` keys (sorted ``keys``), ``default`` where absent."""
-    out = np.full(query.shape, default, dtype=vals.dtype)
-    if len(keys) == 0:
-        return out
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    hit = keys[pos] == query
-    out[hit] = vals[pos[hit]]
-    return out
 
 
 def _append_extras(cands: Candidates, extra: Ragged, requests: Requests, retrieval) -> Candidates:
