@@ -298,12 +298,19 @@ REMOVED_KEYS = {
 }
 @dataclasses.dataclass(frozen=True)
 class FunnelStage:
-    """One entry of ``engine.funnel``: the stage's name, its cut-off ``k`` and its registry type (default: the
-    name)."""
+    """One entry of ``engine.funnel``: the stage's name, its cut-off ``k``, its registry type (default: the
+    name) and, for a scoring stage, the split windows it learns from (``windows``; default: the one window of
+    its name). Several windows are several as-of cut points: the stage's rows are built at the start of each,
+    with point-in-time features and an upstream as of that cut (``recsys.training``)."""
 
     stage: str
     k: int
     type: str | None = None
+    windows: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(set(self.windows)) != len(self.windows):
+            raise ConfigError(f"engine.funnel ({self.stage}).windows: duplicate window names in {list(self.windows)}")
 
     @property
     def type_name(self) -> str:
@@ -343,6 +350,9 @@ class EngineConfig:
             if STAGES[t].candidate != (i == 0):
                 what = "the first stage must be a candidate stage" if i == 0 else "only the first stage retrieves"
                 raise ConfigError(f"engine.funnel[{i}] ({f.stage}): {what} (type {t!r}); funnel: {self.sizes}")
+        if self.funnel[0].windows:
+            raise ConfigError(f"engine.funnel[0] ({self.funnel[0].stage}).windows: the candidate stage trains on the "
+                              "split's first window (early stopping on the second); windows are for scoring stages")
         ks = [f.k for f in self.funnel]
         if any(k < 1 for k in ks) or any(a < b for a, b in zip(ks, ks[1:])):
             raise ConfigError(f"engine.funnel: cut-offs must be >= 1 and non-increasing, got {self.sizes}")

@@ -1,9 +1,16 @@
 """Train the funnel's stages on their windows and write one bundle; load a bundle's systems back into Engines.
 
-Windows (``split.windows`` in time order; see :mod:`recsys.data.split`): the candidate stage (retrieval)
-trains on the first window and early-stops on the second; each scoring stage trains on the window of its own
-name (``prerank``, ``rank``; positionally when the split names its windows otherwise), in funnel order; the last
-window is the test window, never touched here.
+Windows (``split.windows`` in time order; see :mod:`recsys.data.split` and :mod:`recsys.windows`): the
+candidate stage (retrieval) trains on the first window and early-stops on the second; each scoring stage
+trains on the window of its own name (``prerank``, ``rank``; positionally when the split names its windows
+otherwise), or on every window its funnel entry lists (``windows``: several as-of cut points), in funnel order;
+the last window is the test window, never touched here.
+
+**Several cut points.** At each of a stage's windows its rows are built as of that window's start: the history
+before it, the feature contexts fitted on the look-back ending there, the two-tower that serves it, and each
+upstream scoring stage trained on *its own windows before it* (:func:`train_engine`'s ``fit_as_of``), so no
+upstream score comes from a model that saw the row's label. The shipped upstream is the one trained on all its
+windows, which all precede the stage's last window.
 
 **Cascade-consistent.** Every scoring stage learns from one :class:`~recsys.stages.base.FitContext` whose
 ``upstream`` is the engine that serves it in the bundle: the same retrieval model, the same scoring stages
@@ -37,12 +44,12 @@ from recsys.data.schema import Dataset
 from recsys.data.split import Split, split_dataset
 from recsys.data.vocab import Vocab
 from recsys.engine import Engine
-from recsys.systems import ALL_SCORING, DERIVATIONS, VARIANTS, System, applicable, selected
 from recsys.stages.base import FitContext, stage_type
+from recsys.systems import ALL_SCORING, DERIVATIONS, VARIANTS, System, applicable, selected
+from recsys.windows import RETRIEVAL, stage_windows, train_windows
 
 logger = logging.getLogger(__name__)
 
-RETRIEVAL = "retrieval"  # the candidate stage's window key in stage_windows()
 
 
 def seeded(cfg: Config) -> Config:
@@ -56,31 +63,6 @@ def seeded(cfg: Config) -> Config:
                                train=dataclasses.replace(cfg.rank.train, seed=cfg.rank.train.seed + s))
     return dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, two_tower=tt),
                                prerank=dataclasses.replace(cfg.prerank, seed=cfg.prerank.seed + s), rank=rank)
-
-
-def stage_windows(split: Split, engine=None) -> dict[str, str]:
-    """Which window each funnel stage trains on: the candidate stage the first (``"retrieval"``; early stopping
-    on the second, ``"retrieval_valid"``), each scoring stage the window of its name, or positionally (the
-    i-th scoring stage the (i+1)-th window) when the split has no window of that name; ``"test"`` the last.
-    Windows must follow the funnel's order and precede the test window."""
-    from recsys.configlib import EngineConfig
-
-    engine = engine or EngineConfig()
-    names = split.names
-    if len(names) < 3:
-        raise ConfigError(f"split.windows: the engine needs at least 3 windows (train, ..., test), got {names}")
-    out = {RETRIEVAL: names[0], "retrieval_valid": names[1], "test": names[-1]}
-    prev = 0
-    for i, (name, _, _) in enumerate(engine.stages[1:], start=1):
-        w = name if name in names else (names[i] if i < len(names) else None)
-        pos = names.index(w) if w is not None else -1
-        if not 0 < pos < len(names) - 1 or pos <= prev:
-            raise ConfigError(
-                f"split.windows: funnel stage {name!r} needs its own training window after its upstream's and "
-                f"before the test window (a window named {name!r}); windows: {names}, funnel: "
-                f"{list(engine.funnel)}")
-        out[name], prev = w, pos
-    return out
 
 
 def save_catalog(catalog: Catalog, folder: Path) -> None:
@@ -162,13 +144,14 @@ def plan_system(system: System, cfg: Config, base: dict[str, object]) -> list[_P
     return [_Planned(kept[0][0], kept[0][1], kept[0][2], None, kept[0][0])] + out
 
 
-def lookback_events(split: Split, windows: dict, at: str, time_col: str):
+def lookback_events(split: Split, at: str, first: str, time_col: str):
     """The events a feature context sees when a stage serves the window ``at``: everything before it, within
-    a look-back as long as the retrieval window (so count features keep the scale they were trained with)."""
-    history = split.before(windows[at])
-    train, t = split[windows["retrieval"]], time_col
+    a look-back as long as the first (retrieval) window ``first`` (so count features keep the scale they were
+    trained with)."""
+    history = split.before(at)
+    train, t = split[first], time_col
     lookback = int(train[t].max() - train[t].min()) + 1
-    end = int(split[windows[at]][t].min()) if len(split[windows[at]]) else int(history[t].max()) + 1
+    end = int(split[at][t].min()) if len(split[at]) else int(history[t].max()) + 1
     return history[history[t].to_numpy() >= end - lookback]
 
 
@@ -214,9 +197,11 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
     types = [t for _, t, _ in funnel]
     systems = [s for s in selected(cfg.systems) if applicable(s, types)]
     cand_name, cand_type, _ = funnel[0]
+    cuts = train_windows(split, cfg.engine)
     catalog = Catalog.from_dataset(ds, train=split[windows[RETRIEVAL]])
     logger.info("training the funnel %s on windows %s (catalogue: %d users, %d items); systems %s",
-                cfg.engine.sizes, windows, catalog.n_users, catalog.n_items, [s.name for s in systems])
+                cfg.engine.sizes, {**windows, **{n: w for n, w in cuts.items() if len(w) > 1}}, catalog.n_users,
+                catalog.n_items, [s.name for s in systems])
     retrieval = build_stage(cand_name, cand_type, stage_config(cfg, cand_name, cand_type)).fit(FitContext(
         ds, catalog, split, windows[RETRIEVAL], split.before(windows[RETRIEVAL]),
         valid=split[windows["retrieval_valid"]], seed=cfg.seed))
@@ -224,24 +209,50 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
     contexts: dict[str, ContextsAt] = {}
     as_of: dict[str, tuple[Catalog, object]] = {}  # window -> (catalogue, two-tower) that serve it
 
-    def served(window_of: str) -> tuple[Catalog, object]:
-        """The catalogue and candidate stage that serve ``window_of``: the first two-tower, or with
+    def served(w: str) -> tuple[Catalog, object]:
+        """The catalogue and candidate stage that serve window ``w``: the first two-tower, or with
         ``retrieval.refit`` one retrained on every window before it (walk-forward)."""
-        w = windows[window_of]
         if not cfg.retrieval.refit or split.names.index(w) <= 1:
             return catalog, retrieval
         if w not in as_of:
             as_of[w] = refit_candidates(ds, cfg, split, w, retrieval)
         return as_of[w]
 
-    def at(window_of: str) -> ContextsAt:
-        if window_of not in contexts:
-            contexts[window_of] = ContextsAt(ds, served(window_of)[0], lookback_events(
-                split, windows, window_of, catalog.time_col))
-        return contexts[window_of]
+    def at(w: str) -> ContextsAt:
+        if w not in contexts:
+            contexts[w] = ContextsAt(ds, served(w)[0], lookback_events(split, w, windows[RETRIEVAL],
+                                                                        catalog.time_col))
+        return contexts[w]
 
-    trained: dict[str, tuple[str, object]] = {}  # plan key -> (folder, fitted stage)
+    fitted: dict[tuple, object] = {}  # (plan key, windows) -> fitted stage
     upstreams: dict[tuple, Engine] = {}
+
+    def fit_as_of(plan: list[_Planned], i: int, before: str | None, system: str):
+        """Stage ``plan[i]`` trained on its windows before ``before`` (None: all of them, the shipped stage),
+        each cut point served by the upstream as of that window (retrieval served there, and every stage
+        before it trained on its own windows before it). Identical (stage, windows) are trained once."""
+        p = plan[i]
+        ws = [w for w in cuts[p.name] if before is None or split.names.index(w) < split.names.index(before)]
+        key = (p.key, tuple(ws))
+        if key in fitted:
+            return fitted[key]
+        ctxs = []
+        for w in ws:
+            ctx_w, (cat_w, retrieval_w) = at(w), served(w)
+            ups = [(fit_as_of(plan, j, w, system), plan[j].k) for j in range(1, i)]
+            up_key = (w, p.upstream, tuple(id(s) for s, _ in ups))  # this window, this upstream
+            if up_key not in upstreams:  # stages with one upstream on one window share its candidates
+                upstreams[up_key] = Engine(retrieval_w, [(ctx_w.stage(s), k) for s, k in ups], plan[0].k,
+                                           name=f"{system}<{p.name}@{w}", catalog=cat_w, memo={})
+            ctxs.append(FitContext(ds, cat_w, split, w, split.before(w), upstream=upstreams[up_key],
+                                   features=ctx_w.get, seed=cfg.seed, k=p.k))
+        logger.info("system %s: training stage %s (%s) on window(s) %s, upstream %s%s", system, p.name, p.type,
+                    ws, [plan[0].k] + [q.k for q in plan[1:i]], "" if before is None else f" (as of {before!r})")
+        stage = build_stage(p.name, p.type, p.cfg).fit(dataclasses.replace(ctxs[-1], earlier=tuple(ctxs[:-1])))
+        fitted[key] = stage
+        return stage
+
+    trained: dict[str, tuple[str, object]] = {}  # plan key -> (folder, shipped stage)
     base: dict[str, object] = {}
     layout: dict[str, dict] = {}
     for system in systems:
@@ -251,22 +262,10 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
             continue
         entries = [{"name": cand_name, "type": cand_type, "k": plan[0].k, "folder": cand_name}]
         stages: list[tuple[object, int]] = []
-        for p in plan[1:]:
+        for i, p in enumerate(plan[1:], start=1):
             if p.key not in trained:
                 folder = p.name if system.name == "engine" else f"{p.name}@{system.name}"
-                ctx_at = at(p.name)
-                cat_at, retrieval_at = served(p.name)
-                up_key = (p.name, p.upstream)  # this window, this upstream
-                if up_key not in upstreams:  # stages with one upstream on one window share its candidates
-                    upstreams[up_key] = Engine(retrieval_at, [(ctx_at.stage(s), k) for s, k in stages],
-                                               plan[0].k, name=f"{system.name}<{p.name}", catalog=cat_at,
-                                               memo={})
-                upstream = upstreams[up_key]
-                logger.info("system %s: training stage %s (%s) on window %r, upstream %s -> %s", system.name,
-                            p.name, p.type, windows[p.name], [plan[0].k] + [k for _, k in stages], folder)
-                stage = build_stage(p.name, p.type, p.cfg).fit(FitContext(
-                    ds, cat_at, split, windows[p.name], split.before(windows[p.name]), upstream=upstream,
-                    features=ctx_at.get, seed=cfg.seed, k=p.k))
+                stage = fit_as_of(plan, i, None, system.name)
                 trained[p.key] = (folder, stage)
                 metrics[folder] = getattr(stage, "valid_metrics", {})
             folder, stage = trained[p.key]
@@ -282,6 +281,7 @@ def train_engine(ds: Dataset, cfg: Config, out: str | Path) -> Bundle:
         layout[system.name] = {"stages": entries, **({"derive": system.derive} if system.derive else {})}
     upstreams.clear()  # the memos hold every training window's candidates
     as_of.clear()
+    fitted.clear()
     scoring = {folder: stage for folder, stage in trained.values()}
     catalog, retrieval = refresh_snapshot(ds, cfg, split, windows, catalog, retrieval, scoring)
     if cfg.retrieval.refit:
@@ -304,7 +304,7 @@ def refresh_snapshot(ds: Dataset, cfg: Config, split: Split, windows: dict, cata
     (catalog, retrieval stage)."""
     if cfg.retrieval.refit:
         catalog, retrieval = refit_candidates(ds, cfg, split, windows["test"], retrieval)
-    at_test = ContextsAt(ds, catalog, lookback_events(split, windows, "test", catalog.time_col))
+    at_test = ContextsAt(ds, catalog, lookback_events(split, windows["test"], windows[RETRIEVAL], catalog.time_col))
     for stage in scoring.values():
         if uses_feature_context(stage):
             stage.ctx = at_test.get(stage.cfg)

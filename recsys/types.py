@@ -151,6 +151,24 @@ class Requests:
             user_ids=None if self.user_ids is None else np.asarray(self.user_ids)[rows],
         )
 
+    @staticmethod
+    def concat(parts: list["Requests"]) -> "Requests":
+        """The requests of ``parts`` one after another (the same context columns in each; ``exclude`` and
+        ``user_ids`` kept when every part has them)."""
+        keys = set(parts[0].context)
+        if any(set(p.context) != keys for p in parts):
+            raise ValueError(f"Requests.concat: parts have different context columns {[sorted(p.context) for p in parts]}")
+        excl = [p.exclude for p in parts]
+        ids = [p.user_ids for p in parts]
+        return Requests(
+            users=np.concatenate([p.users for p in parts]),
+            timestamps=np.concatenate([p.timestamps for p in parts]),
+            history=Ragged.concat([p.history for p in parts]),
+            exclude=None if any(e is None for e in excl) else Ragged.concat(excl),
+            context={k: np.concatenate([np.asarray(p.context[k]) for p in parts]) for k in parts[0].context},
+            user_ids=None if any(u is None for u in ids) else np.concatenate([np.asarray(u) for u in ids]),
+        )
+
     def shards(self, size: int):
         """Yield consecutive sub-batches of at most ``size`` requests."""
         for start in range(0, len(self), size):

@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["check_config", "derive_gains"]
 
-#: windows the engine's stages train on (see recsys.training.stage_windows) and what each needs
-_NEEDS = {"retrieval": 2, "prerank": 1, "rank": 1, "test": 1}
+#: engagements the windows of the engine's stages need (see recsys.windows.train_windows); other stages: 1
+_NEEDS = {"retrieval": 2, "test": 1}
 
 
 def derive_gains(ds: Dataset) -> dict[str, float]:
@@ -91,15 +91,16 @@ def _check_split(cfg: Config, ds: Dataset, stages: bool) -> Config:
     names = split.names
     if stages and len(names) < 3:
         raise ConfigError(f"split.windows: the engine needs at least 3 windows (train, ..., test), got {names}")
-    roles = {"test": names[-1]}
+    roles = [("test", names[-1])]
     if stages:
-        roles.update(retrieval=names[0], prerank=names[1])
-        if len(names) >= 4:
-            roles["rank"] = names[2]
+        from recsys.windows import train_windows
+
+        roles.append(("retrieval", names[0]))
+        roles += [(stage, w) for stage, ws in train_windows(split, cfg.engine).items() for w in ws]
     pos = ds.schema.positive_label
-    for role, window in roles.items():
+    for role, window in roles:
         n = int((split[window][pos].to_numpy() > 0).sum())
-        if n < _NEEDS[role]:
+        if n < _NEEDS.get(role, 1):
             raise DatasetError(
                 f"split window {window!r} ({role}) has {n} engagement(s) ({pos!r} > 0) of {len(split[window]):,} "
                 f"rows; it needs at least {_NEEDS[role]}: change split.windows (or split.method)"

@@ -341,3 +341,40 @@ def test_no_training_row_has_a_source_pattern_serving_never_shows(synthetic_engi
     assert len(with_imp.names) == len(data.names) - len(CANDIDATE_SOURCE_FEATURES)
     with pytest.raises(ValueError, match=r"prerank\.include_impressions: features \['ann_score', 'src_ann'\]"):
         build(dataclasses.replace(pcfg, include_impressions=True, features=("ann_score", "src_ann", "ppr")))
+
+
+def test_several_cut_points_pool_their_groups_and_hold_out_whole_users(synthetic_engine, monkeypatch):
+    """Two cut points (the pre-rank and the rank windows, each with its own history and upstream): the rows
+    are the two windows' query groups one after another, exactly as built alone, and the early-stopping
+    holdout takes whole users, so no user is in both the training and the validation groups."""
+    import recsys.prerank.stage as ps
+    from recsys.prerank.stage import concat_ranking_data
+    from recsys.stages.base import FitContext
+
+    ds, split, catalog, retrieval, stage, pcfg = synthetic_engine
+    up = upstream(retrieval, 50, catalog=catalog)
+    parts = [build_ranking_data(ds, catalog, up, stage.ctx, split[w], split.before(w), pcfg)
+             for w in ("prerank", "rank")]
+    both = concat_ranking_data(parts)
+    assert len(both.group) == sum(len(p.group) for p in parts) and len(both.y) == sum(len(p.y) for p in parts)
+    second = both.take_groups(np.arange(len(parts[0].group), len(both.group)))
+    np.testing.assert_array_equal(second.X, parts[1].X)
+    np.testing.assert_array_equal(second.y, parts[1].y)
+    assert list(second.user_ids) == list(parts[1].user_ids)
+    assert set(parts[0].user_ids) & set(parts[1].user_ids)  # users active in both windows: a group at each
+
+    seen = {}
+    real = ps.train_booster
+
+    def spy(train, valid, cfg, seed=None, at=None):
+        seen["train"], seen["valid"] = train, valid
+        return real(train, valid, cfg, seed=seed, at=at)
+
+    monkeypatch.setattr(ps, "train_booster", spy)
+    cuts = [FitContext(ds, catalog, split, w, split.before(w), upstream=up, features=lambda _c: stage.ctx, k=30)
+            for w in ("prerank", "rank")]
+    fitted = PrerankStage(pcfg).fit(dataclasses.replace(cuts[1], earlier=(cuts[0],)))
+    tr, va = seen["train"], seen["valid"]
+    assert fitted.valid_metrics["cut_points"] == 2
+    assert len(tr.group) + len(va.group) == len(both.group)
+    assert not set(tr.user_ids) & set(va.user_ids) and len(va.group) > 0

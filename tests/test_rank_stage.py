@@ -26,6 +26,7 @@ from recsys.rank.stage import (
     Examples,
     InputEncoder,
     RankConfig,
+    RankRows,
     RankStage,
     build_rank_rows,
     default_features,
@@ -723,3 +724,29 @@ def test_funnel_examples_on_data_without_impressions(world):
     cal = heavy_ranker_calibration(stage, eng, catalog, up(retrieval, k=30), None, ev_e, before_e)
     assert cal["click"]["n"] == 30 * ev_e["user_id"].nunique() and "mae_truth" not in cal["click"]
     assert cal["click"]["auc"] > 0.6 and 0.6 < cal["click"]["calibration"] < 1.6
+
+
+def test_rows_of_several_cut_points_concatenate_with_their_requests_and_blocks(world, downsampled):
+    """``RankRows.concat`` (the rows of several cut points): every row keeps its request (history), its block
+    and its features, so predictions and upstream-stage scores of the pooled rows are the parts' own; a fit on
+    two cut points holds out whole users and counts a request per user and cut."""
+    from recsys.stages.base import FitContext
+
+    stage, (ds, catalog, ctx, retrieval, past, rank, ev, before_ev) = downsampled, world
+    cfg = dataclasses.replace(stage.cfg, examples=Examples.BOTH, max_train_users=0)
+    parts = [build_rank_rows(ds, catalog, up(retrieval, k=10), ctx, w, p, cfg, stage.tasks, stage.enc.names)
+             for w, p in ((rank, past), (ev, before_ev))]
+    both = RankRows.concat(parts)
+    assert len(both) == sum(len(p) for p in parts) and len(both.requests) == sum(len(p.requests) for p in parts)
+    np.testing.assert_array_equal(stage.predict_rows(both)[0],
+                                  np.concatenate([stage.predict_rows(p)[0] for p in parts]))
+    np.testing.assert_array_equal(both.stage_scores(stage), np.concatenate([p.stage_scores(stage) for p in parts]))
+    assert set(parts[0].user_ids) & set(parts[1].user_ids)
+
+    quick = dataclasses.replace(cfg, downsample_w=1.0, train=dataclasses.replace(TRAIN, max_epochs=2))
+    cuts = [FitContext(ds, catalog, None, "window", p, upstream=up(retrieval, k=10), features=lambda _c: ctx, train=w)
+            for w, p in ((rank, past), (ev, before_ev))]
+    two = RankStage(quick).fit(dataclasses.replace(cuts[1], earlier=(cuts[0],)))
+    m = two.valid_metrics
+    assert m["cut_points"] == 2 and m["requests"] == len(both.requests)
+    assert m["users"] == len(set(both.user_ids)) < m["requests"]

@@ -195,6 +195,19 @@ class RankingData:
                                    names=self.names + list(names), kinds=self.kinds + list(kinds))
 
 
+def concat_ranking_data(parts: list[RankingData]) -> RankingData:
+    """The query groups of ``parts`` one after another (same columns; e.g. the rows of several cut points)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for p in parts[1:]:
+        if p.names != first.names or p.label_gain != first.label_gain:
+            raise ValueError(f"concat_ranking_data: parts differ in columns or gains ({first.names} vs {p.names})")
+    cat = lambda f: np.concatenate([getattr(p, f) for p in parts])  # noqa: E731
+    return RankingData(cat("X"), cat("y"), cat("group"), cat("user_ids"), cat("position"), cat("extra"),
+                       list(first.names), list(first.kinds), list(first.label_gain))
+
+
 def _gains(ds: Dataset, cfg: PrerankConfig) -> dict[str, float]:
     labels = ds.schema.labels
     gains = dict(cfg.gains) or {ds.schema.positive_label: 1.0}
@@ -474,22 +487,33 @@ class PrerankStage:
 
     def fit(self, ctx: FitContext) -> "PrerankStage":
         """Train on ``ctx.window_df`` (the pre-ranker's window) with histories from ``ctx.history``, on the
-        candidates ``ctx.upstream`` serves, with features as of the window's start (``ctx.features``)."""
+        candidates ``ctx.upstream`` serves, with features as of the window's start (``ctx.features``); with
+        several cut points (``ctx.cuts``) on the rows of each, pooled (one query group per user and cut)."""
         if not isinstance(self.cfg, PrerankConfig):
             raise TypeError(f"PrerankStage: the constructor needs a PrerankConfig, got {type(self.cfg).__name__}")
-        if ctx.upstream is None:
-            raise ValueError("PrerankStage.fit: the fit context has no upstream engine (the candidates it serves)")
-        return self._fit(ctx.ds, ctx.catalog, ctx.upstream, ctx.feature_context(self.cfg), ctx.window_df,
-                         ctx.history, self.cfg, ctx.k)
+        cuts = []
+        for c in ctx.cuts:
+            if c.upstream is None:
+                raise ValueError("PrerankStage.fit: the fit context has no upstream engine (the candidates it "
+                                 "serves)")
+            cuts.append((c.upstream, c.feature_context(self.cfg), c.window_df, c.history))
+        return self._fit(ctx.ds, ctx.catalog, cuts, self.cfg, ctx.k)
 
-    def _fit(self, ds: Dataset, catalog: Catalog, upstream, ctx: FeatureContext, window_df: pd.DataFrame,
-             past_df: pd.DataFrame, cfg: PrerankConfig, cutoff: int | None = None) -> "PrerankStage":
+    def _fit(self, ds: Dataset, catalog: Catalog, cuts: list, cfg: PrerankConfig,
+             cutoff: int | None = None) -> "PrerankStage":
+        """``cuts``: [(upstream engine, feature context, window events, events before the window)], oldest
+        first; the last cut's feature context is kept (the serving snapshot replaces it)."""
         label = ds.schema.positive_label
-        first_users = window_df.drop_duplicates(catalog.user_col)[catalog.user_col].to_numpy()
-        tr_users, va_users = split_groups(len(first_users), cfg.valid_fraction, cfg.seed)
-        extra_users = first_users[tr_users]  # impression negatives for training users only
-        data = build_ranking_data(ds, catalog, upstream, ctx, window_df, past_df, cfg, extra_users=extra_users)
-        is_valid = np.isin(data.user_ids, first_users[va_users])
+        ucol = catalog.user_col
+        # one user-level holdout over every cut: a validation user's groups are held out at every cut point
+        all_users = pd.unique(np.concatenate([w[ucol].to_numpy() for _, _, w, _ in cuts]))
+        tr_users, va_users = split_groups(len(all_users), cfg.valid_fraction, cfg.seed)
+        extra_users = all_users[tr_users]  # impression negatives for training users only
+        parts = [build_ranking_data(ds, catalog, up, fctx, w, past, cfg, extra_users=extra_users)
+                 for up, fctx, w, past in cuts]
+        data = concat_ranking_data(parts)
+        ctx = cuts[-1][1]
+        is_valid = np.isin(data.user_ids, all_users[va_users])
         train = data.take_groups(np.flatnonzero(~is_valid))
         valid = data.take_groups(np.flatnonzero(is_valid), drop_extra=True)
         at = cfg.objective_at or cutoff or cfg.eval_at
@@ -499,7 +523,8 @@ class PrerankStage:
         k = cfg.eval_at
         metrics = {"best_iteration": info["best_iteration"], "train_users": int(len(train.group)),
                    "train_rows": int(len(train.y)), "impression_negatives": int(train.extra.sum()),
-                   "valid_users": int(len(valid.group)), "label_gain": self.label_gain, "positive_label": label,
+                   "valid_users": int(len(valid.group)), "cut_points": len(cuts), "label_gain": self.label_gain,
+                   "positive_label": label,
                    "objective_at": int(at)}
         if len(valid.group):
             pred = booster.predict(valid.X, num_threads=cfg.num_threads)

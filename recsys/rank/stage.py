@@ -234,6 +234,25 @@ class RankRows:
     def __len__(self) -> int:
         return len(self.req)
 
+    @staticmethod
+    def concat(parts: list["RankRows"]) -> "RankRows":
+        """The rows of ``parts`` one after another (e.g. several cut points: each part's requests, blocks and
+        request rows offset by the requests before it). The parts' ``requests.users`` index their own
+        catalogues; rows are identified by ``user_ids`` (external)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        if any(p.names != first.names or p.tasks != first.tasks for p in parts):
+            raise ValueError("RankRows.concat: parts differ in features or tasks")
+        starts = np.cumsum([0] + [len(p.requests) for p in parts[:-1]])
+        cat = lambda f: np.concatenate([getattr(p, f) for p in parts])  # noqa: E731
+        truth = None if any(p.truth is None for p in parts) else cat("truth")
+        return RankRows(Requests.concat([p.requests for p in parts]), cat("user_ids"),
+                        [(int(s0 + b), c) for s0, p in zip(starts, parts) for b, c in p.blocks],
+                        np.concatenate([p.req + s0 for s0, p in zip(starts, parts)]), cat("col"), cat("item"),
+                        cat("X"), cat("labels"), cat("shown"), cat("funnel"), truth, list(first.names),
+                        list(first.tasks))
+
     def stage_scores(self, stage) -> np.ndarray:
         """(R,) float64 ``stage.score(requests, candidates)["score"]`` at each row (any ScoringStage)."""
         out = np.empty(len(self.req), dtype=np.float64)
@@ -779,25 +798,32 @@ class RankStage:
     def fit(self, ctx: FitContext) -> "RankStage":
         """Train on ``ctx.window_df`` (the heavy ranker's window) with histories from ``ctx.history``, on the
         candidates ``ctx.upstream`` serves plus the window's impressions, with features as of the window's start
-        (``ctx.features``)."""
+        (``ctx.features``); with several cut points (``ctx.cuts``) on the rows of each, pooled."""
         if not isinstance(self.cfg, RankConfig):
             raise TypeError(f"RankStage: the constructor needs a RankConfig, got {type(self.cfg).__name__}")
-        if ctx.upstream is None:
-            raise ValueError("RankStage.fit: the fit context has no upstream engine (the candidates it serves)")
-        return self._fit(ctx.ds, ctx.catalog, ctx.upstream, ctx.feature_context(self.cfg), ctx.window_df,
-                         ctx.history, self.cfg)
+        cuts = []
+        for c in ctx.cuts:
+            if c.upstream is None:
+                raise ValueError("RankStage.fit: the fit context has no upstream engine (the candidates it serves)")
+            cuts.append((c.upstream, c.feature_context(self.cfg), c.window_df, c.history))
+        return self._fit(ctx.ds, ctx.catalog, cuts, self.cfg)
 
     @property
     def feature_names(self) -> list[str]:
         self._check_fitted()
         return list(self.enc.names)
 
-    def _fit(self, ds: Dataset, catalog: Catalog, upstream, ctx: FeatureContext, window_df: pd.DataFrame,
-             past_df: pd.DataFrame, cfg: RankConfig) -> "RankStage":
-        if ctx.graph_cfg != cfg.graph or ctx.params != cfg.feature_params:
-            raise ValueError("RankStage.fit: ctx was fitted with other graph / feature parameters than rank.graph / "
-                             "rank.feature_params; the serving snapshot refits the context from the config, so "
-                             "training on another one would skew the features")
+    def _fit(self, ds: Dataset, catalog: Catalog, cuts: list, cfg: RankConfig) -> "RankStage":
+        """``cuts``: [(upstream engine, feature context, window events, events before the window)], oldest
+        first; the rows of every cut are pooled, the last cut's upstream names the default features and its
+        feature context is kept (the serving snapshot replaces it)."""
+        for _, ctx, _, _ in cuts:
+            if ctx.graph_cfg != cfg.graph or ctx.params != cfg.feature_params:
+                raise ValueError("RankStage.fit: ctx was fitted with other graph / feature parameters than "
+                                 "rank.graph / rank.feature_params; the serving snapshot refits the context from "
+                                 "the config, so training on another one would skew the features")
+        upstream, ctx, _, _ = cuts[-1]
+        window_df = pd.concat([w for _, _, w, _ in cuts], ignore_index=True) if len(cuts) > 1 else cuts[0][2]
         tasks = resolve_tasks(ds, cfg.tasks)
         prerank = next((s for s, _ in upstream.stages if s.name == "prerank"), None)
         names = list(cfg.features) or default_features(ctx, prerank is not None)
@@ -812,7 +838,8 @@ class RankStage:
         if EXPOSURE in tasks:
             raise ValueError(f"rank.tasks: the dataset label {EXPOSURE!r} clashes with the exposure head's name")
         row_cfg = dataclasses.replace(cfg, examples=Examples.BOTH) if cfg.exposure else cfg
-        rows = build_rank_rows(ds, catalog, upstream, ctx, window_df, past_df, row_cfg, tasks, names)
+        rows = RankRows.concat([build_rank_rows(ds, catalog, up, c, w, past, row_cfg, tasks, names)
+                                for up, c, w, past in cuts])
         # with the exposure head the tasks are conditional on being shown: they learn from the shown rows only
         task_rows = rows.shown if cfg.exposure else np.ones(len(rows), dtype=bool)
 
@@ -867,8 +894,11 @@ class RankStage:
         train_cfg = dataclasses.replace(cfg.train, task_weights=weights)
 
         # user-level holdout, negative downsampling
+        # user-level holdout (one request per user and cut point): a held-out user is held out at every cut
         G = len(rows.requests)
-        tr_groups, va_groups = split_groups(G, cfg.valid_fraction, cfg.seed)
+        all_users = pd.unique(rows.user_ids)
+        tr_users, va_users = split_groups(len(all_users), cfg.valid_fraction, cfg.seed)
+        va_groups = np.flatnonzero(np.isin(rows.user_ids, all_users[va_users]))
         is_valid = np.isin(rows.req, va_groups)
         keep = downsample_negatives(any_pos.astype(np.int8), w, cfg.seed) if w < 1.0 else np.ones(len(rows), bool)
         tr_rows = np.flatnonzero(~is_valid & keep)
@@ -924,7 +954,7 @@ class RankStage:
         self.exposure_index = exposure_index
         self.fit_history = history
         metrics = {
-            "users": int(G), "rows": int(len(rows)), "train_rows": int(len(tr_rows)),
+            "users": int(len(all_users)), "requests": int(G), "cut_points": len(cuts), "rows": int(len(rows)), "train_rows": int(len(tr_rows)),
             "train_rows_before_downsampling": int((~is_valid).sum()), "valid_users": int(len(va_groups)),
             "downsample_w": w, "tasks": tasks_k, "skipped_tasks": self.skipped,
             "esmm_parents": {tasks_k[j]: tasks_k[p] for j, p in enumerate(parents[: len(tasks_k)]) if p is not None},

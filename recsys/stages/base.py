@@ -10,7 +10,8 @@ works) and implicit (one small base contract and one shared test suite, ``tests/
   trains on, the history before it, the point-in-time feature contexts of that window, and the **upstream
   engine exactly as it will serve the stage** (the retrieval stage and every scoring stage before it, with the
   funnel's cut-offs). A scoring stage takes its training candidates from ``ctx.upstream.candidates(requests)``,
-  so the pool it learns from cannot differ from the pool it is served;
+  so the pool it learns from cannot differ from the pool it is served. With several as-of cut points
+  (``ctx.cuts``) it builds rows at each, each from that cut's own upstream, history and features;
 * a candidate stage (retrieval) answers ``retrieve(requests, k) -> Candidates`` (B, k); a scoring stage answers
   ``score(requests, candidates) -> {"score": (B, C), ...}`` (higher is better; ``"score"`` orders the
   candidates, other entries such as per-task probabilities are carried into the result);
@@ -59,6 +60,9 @@ class FitContext:
     seed          the run's seed (each stage's own ``seed`` keys are offset by it, see ``recsys.training``)
     train         the training events when they are not one window (the two-tower's refit); None: ``window``
     k             the cut-off the stage keeps in the funnel (what its ranking quality is judged at)
+    earlier       the stage's earlier as-of cut points (``engine.funnel[i].windows``), oldest first: one fit
+                  context each, with its own window, history, catalogue, point-in-time features and an upstream
+                  as of that window (trained on earlier windows only). Empty: one cut point, this one.
     """
 
     ds: "Dataset"
@@ -72,6 +76,13 @@ class FitContext:
     seed: int = 0
     train: pd.DataFrame | None = None
     k: int | None = None
+    earlier: tuple["FitContext", ...] = ()
+
+    @property
+    def cuts(self) -> tuple["FitContext", ...]:
+        """Every cut point the stage learns from, oldest first, this one (the latest) last. A scoring stage
+        builds its training rows at each (same protocol, its own upstream and features) and learns from all."""
+        return (*self.earlier, dataclasses.replace(self, earlier=()))
 
     @property
     def window_df(self) -> pd.DataFrame:
