@@ -28,6 +28,8 @@ The models (``BASELINES``):
 ``ease``        Embarrassingly Shallow Autoencoder (Steck, WWW 2019), closed form
 ``als``         implicit-feedback matrix factorisation by alternating least squares (Hu, Koren & Volinsky,
                 ICDM 2008) via the ``implicit`` library; a request's user factor is recomputed from its history
+``bpr``         Bayesian personalised ranking (Rendle et al., UAI 2009) via ``implicit``; a request is scored
+                by its user's trained factor (BPR has no fold-in), the items' learnt biases for unknown users
 
 Cold requests: a request whose history has no known item gets all-zero scores from ``itemknn``, ``ease`` and ``als``
 (``top_k`` then returns the lowest item indices); ``svd`` falls back to ``mu + b_i`` for unknown users, like
@@ -592,6 +594,78 @@ class ALSBaseline(Baseline):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# BPR (implicit)
+
+
+class BPRBaseline(Baseline):
+    """Bayesian personalised ranking (Rendle et al., UAI 2009) fitted by the ``implicit`` library (the second
+    matrix-factorisation peer the outside measurements of this engine used).
+
+    Fit: SGD on the pairwise loss ``-log sigmoid(x_ui - x_uj)`` over the binary (U, N) positive matrix of
+    train (users in the catalogue's order), ``factors`` D plus implicit's item-bias column, ``learning_rate``,
+    L2 ``regularization``, ``iterations`` epochs, one thread and seeded (implicit's multi-threaded SGD is
+    lock-free, so only one thread gives the same model twice). Score: ``x_u Y^T`` (B, N) with the request
+    user's trained factor ``x_u`` (D + 1; its last entry is 1, the bias). BPR has no fold-in (implicit does not
+    offer one for it), so a request is scored by its user's factor as of training: a user without training
+    positives, or outside the catalogue, gets ``(0, ..., 0, 1)`` (the items' learnt biases), and a request's
+    history after training does not change its scores. Scores never depend on the batch.
+    """
+
+    name = "bpr"
+
+    def __init__(self, seed: int = 0, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
+                 iterations: int = 100) -> None:
+        super().__init__(seed)
+        self.factors = _positive_int(factors, "factors", self.name)
+        self.learning_rate = _positive_float(learning_rate, "learning_rate", self.name)
+        self.regularization = _positive_float(regularization, "regularization", self.name)
+        self.iterations = _positive_int(iterations, "iterations", self.name)
+        self.model = None
+
+    def fit(self, train: pd.DataFrame, catalog: Catalog, schema: DatasetSchema) -> "BPRBaseline":
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        _check_train(train, catalog, schema, self.name)
+        pos = train[train[schema.positive_label].to_numpy() > 0]
+        users = catalog.users.encode(pos[catalog.user_col].to_numpy())
+        items = catalog.items.encode(pos[catalog.item_col].to_numpy())
+        ok = (users < catalog.n_users) & (items < catalog.n_items)
+        n_u = catalog.users.size  # the last row is the OOV slot: never a training user
+        x = sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (users[ok], items[ok])),
+                          shape=(n_u, catalog.n_items))
+        x.sum_duplicates()
+        x.data[:] = 1.0
+        if x.nnz == 0:
+            raise ValueError(f"{self.name}.fit: no training positives ({schema.positive_label!r} > 0) for users and "
+                             "items of the catalogue")
+        model = BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
+                                            regularization=self.regularization, iterations=self.iterations,
+                                            num_threads=1, random_state=self.seed, dtype=np.float32)
+        model.fit(x, show_progress=False)
+        _check_finite(self.name, item_factors=model.item_factors, user_factors=model.user_factors)
+        uf = np.asarray(model.user_factors, dtype=np.float64)
+        cold = np.zeros(uf.shape[1])
+        cold[-1] = 1.0  # implicit's user factors end in 1: the item-bias column
+        uf[np.diff(x.indptr) == 0] = cold
+        self.model, self.user_factors = model, uf
+        self.item_factors_t = np.ascontiguousarray(np.asarray(model.item_factors, dtype=np.float64).T)  # (D+1, N)
+        self.prior = _popularity_prior(x)
+        self.n_items = catalog.n_items
+        logger.info("%s: %d users x %d items, factors=%d, learning_rate=%g, regularization=%g, %d iterations",
+                    self.name, int((np.diff(x.indptr) > 0).sum()), x.shape[1], self.factors, self.learning_rate,
+                    self.regularization, self.iterations)
+        return self
+
+    def score(self, requests: Requests) -> np.ndarray:
+        self._check_fitted()
+        u = np.asarray(requests.users, dtype=np.int64)
+        n = len(self.user_factors)
+        if len(u) and (u.min() < 0 or u.max() >= n):
+            raise ValueError(f"{self.name}.score: user index out of range [0, {n - 1}] (last is OOV)")
+        return _rowwise_matmul(self.user_factors[u], self.item_factors_t) + self.prior
+
+
+# ----------------------------------------------------------------------------------------------------------
 # registry
 
 
@@ -602,6 +676,7 @@ BASELINES: dict[str, type] = {
     "svd": SVDBaseline,
     "ease": EASEBaseline,
     "als": ALSBaseline,
+    "bpr": BPRBaseline,
 }
 
 

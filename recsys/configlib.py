@@ -243,6 +243,25 @@ class ALSParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class BPRParams:
+    """``bpr`` (implicit's BPR): latent ``factors``, SGD ``learning_rate``, L2 ``regularization``, ``iterations``
+    epochs."""
+
+    factors: int = 64
+    learning_rate: float = 0.01
+    regularization: float = 0.01
+    iterations: int = 100
+
+    def __post_init__(self) -> None:
+        _check("eval.baseline_params.bpr", [
+            ("factors", self.factors >= 1, ">= 1", self.factors),
+            ("learning_rate", self.learning_rate > 0, "> 0", self.learning_rate),
+            ("regularization", self.regularization > 0, "> 0", self.regularization),
+            ("iterations", self.iterations >= 1, ">= 1", self.iterations),
+        ])
+
+
+@dataclasses.dataclass(frozen=True)
 class BaselineParams:
     """Each baseline's settings (``eval.baseline_params``), tunable like the engine's: e.g.
     ``--set eval.baseline_params.ease.l2=200`` or ``--set eval.baseline_params.itemknn.n_neighbors=50``.
@@ -253,6 +272,7 @@ class BaselineParams:
     svd: SVDParams = dataclasses.field(default_factory=SVDParams)
     ease: EASEParams = dataclasses.field(default_factory=EASEParams)
     als: ALSParams = dataclasses.field(default_factory=ALSParams)
+    bpr: BPRParams = dataclasses.field(default_factory=BPRParams)
 
     def of(self, name: str) -> dict[str, Any]:
         """The keyword parameters of baseline ``name`` (``{}`` for one without settings)."""

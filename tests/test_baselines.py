@@ -33,6 +33,7 @@ SMALL = {
     "svd": {"n_factors": 4, "n_epochs": 5},
     "ease": {"l2": 10.0},
     "als": {"factors": 4, "iterations": 5},
+    "bpr": {"factors": 4, "iterations": 20},
 }
 
 
@@ -214,8 +215,8 @@ def test_score_before_fit_and_bad_k(world):
 
 
 def test_make_baseline_errors():
-    with pytest.raises(ValueError, match="random, popularity, itemknn, svd, ease"):
-        make_baseline("bpr")
+    with pytest.raises(ValueError, match="random, popularity, itemknn, svd, ease, als, bpr"):
+        make_baseline("lightgcn")
     with pytest.raises(ValueError, match="n_neighbors"):
         make_baseline("itemknn", n_neigbors=3)
     with pytest.raises(ValueError, match="l2"):
@@ -453,3 +454,22 @@ def test_als_scores_are_the_least_squares_fold_in_of_the_request_history(world):
             ref[r] = np.linalg.solve(a, 5.0 * yh.sum(axis=0))
     np.testing.assert_allclose(model.user_factors(req), ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.score(req), ref @ y.T + model.prior, rtol=1e-4, atol=1e-5)
+
+
+def test_bpr_scores_are_the_user_factor_times_the_item_factors(world, blocks):
+    """Slow reference: score(u, i) = x_u . y_i (implicit's factors, the last column the item bias) + the
+    popularity tie-breaker; a user without training positives or outside the catalogue gets (0, ..., 0, 1),
+    the items' biases; and on planted blocks BPR puts a user's held-out block item first."""
+    ds, cat = world
+    model = make_baseline("bpr", factors=4, iterations=30).fit(ds.interactions, cat, ds.schema)
+    xu = model.model.user_factors.astype(np.float64)
+    yi = model.model.item_factors.astype(np.float64)
+    users = np.array([0, 3, 7, cat.users.oov])
+    req = Requests(users, np.zeros(4), Ragged.from_lists([[], [1], [2, 3], [0]]))
+    ref = np.stack([yi @ xu[u] if u != cat.users.oov else yi[:, -1] for u in users])
+    np.testing.assert_allclose(model.score(req), ref + model.prior, rtol=1e-12, atol=1e-12)
+    assert (xu[:, -1] == 1).all()
+    ds_b, cat_b, req_b, held = blocks
+    bpr = make_baseline("bpr", factors=8, learning_rate=0.05, iterations=200).fit(ds_b.interactions, cat_b,
+                                                                                 ds_b.schema)
+    assert np.mean(bpr.rank(req_b, 1).items[:, 0] == held) >= 0.9
