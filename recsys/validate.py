@@ -100,10 +100,11 @@ def _check_split(cfg: Config, ds: Dataset, stages: bool) -> Config:
     pos = ds.schema.positive_label
     for role, window in roles:
         n = int((split[window][pos].to_numpy() > 0).sum())
-        if n < _NEEDS.get(role, 1):
+        need = _NEEDS.get(role, 1)
+        if n < need:
             raise DatasetError(
                 f"split window {window!r} ({role}) has {n} engagement(s) ({pos!r} > 0) of {len(split[window]):,} "
-                f"rows; it needs at least {_NEEDS[role]}: change split.windows (or split.method)"
+                f"rows; it needs at least {need}: change split.windows (or split.method)"
             )
     return cfg
 

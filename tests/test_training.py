@@ -216,3 +216,28 @@ def test_several_cut_points_each_served_by_an_upstream_trained_before_it(tmp_pat
     assert m["rank"]["requests"] > m["rank"]["users"]  # users active in both windows give a request at each
     served = tr.load_engine(bundle.path)
     assert served.stages[0][0].booster.model_to_string() == shipped.booster.model_to_string()
+
+
+def test_every_training_window_of_a_stage_needs_an_engagement(tiny):
+    """A cut point whose window has rows but no engagement is refused before training, naming the window and
+    the stage (it used to check only the windows at fixed positions)."""
+    import dataclasses
+
+    from recsys.data.schema import DatasetError
+    from recsys.validate import check_config
+
+    ds = tiny[0]
+    from recsys.config import load_config
+
+    cfg = load_config(None, ["split.windows={train: 0.5, w0: 0.1, early: 0.1, prerank: 0.1, rank: 0.1, test: 0.1}",
+                             "engine.funnel=[{stage: retrieval, k: 60}, {stage: prerank, k: 30, windows: "
+                             "[early, prerank]}, {stage: rank, k: 10}]"])
+    check_config(cfg, ds)  # the world as it is: fine
+    early = split_dataset(ds, cfg.split)["early"]
+    inter = ds.interactions.copy()
+    t = inter["timestamp"].to_numpy()
+    inside = (t >= early["timestamp"].min()) & (t <= early["timestamp"].max())
+    for label in ds.schema.labels:
+        inter.loc[inside, label] = 0
+    with pytest.raises(DatasetError, match=r"split window 'early' \(prerank\) has 0 engagement\(s\)"):
+        check_config(cfg, dataclasses.replace(ds, interactions=inter))

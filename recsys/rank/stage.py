@@ -893,8 +893,8 @@ class RankStage:
             weights = weights + (1.0,) * (len(model_tasks) - len(weights))
         train_cfg = dataclasses.replace(cfg.train, task_weights=weights)
 
-        # user-level holdout, negative downsampling
-        # user-level holdout (one request per user and cut point): a held-out user is held out at every cut
+        # user-level holdout (one request per user and cut point: a held-out user is held out at every cut),
+        # negative downsampling
         G = len(rows.requests)
         all_users = pd.unique(rows.user_ids)
         tr_users, va_users = split_groups(len(all_users), cfg.valid_fraction, cfg.seed)
@@ -954,7 +954,8 @@ class RankStage:
         self.exposure_index = exposure_index
         self.fit_history = history
         metrics = {
-            "users": int(len(all_users)), "requests": int(G), "cut_points": len(cuts), "rows": int(len(rows)), "train_rows": int(len(tr_rows)),
+            "users": int(len(all_users)), "requests": int(G), "cut_points": len(cuts), "rows": int(len(rows)),
+            "train_rows": int(len(tr_rows)),
             "train_rows_before_downsampling": int((~is_valid).sum()), "valid_users": int(len(va_groups)),
             "downsample_w": w, "tasks": tasks_k, "skipped_tasks": self.skipped,
             "esmm_parents": {tasks_k[j]: tasks_k[p] for j, p in enumerate(parents[: len(tasks_k)]) if p is not None},
