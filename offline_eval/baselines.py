@@ -96,17 +96,25 @@ def _rowwise_matmul(a: np.ndarray, b: np.ndarray, row_block: int = 16, col_block
     return out
 
 
-def _positive_matrix(train: pd.DataFrame, catalog: Catalog, schema: DatasetSchema) -> sp.csr_matrix:
-    """(U, N) binary CSR: the training users (factorised from ``train``, not the catalogue) x their positives.
+def _positive_matrix(train: pd.DataFrame, catalog: Catalog, schema: DatasetSchema,
+                     by_catalog: bool = False) -> sp.csr_matrix:
+    """(U, N) binary CSR: the training users x their positives.
 
-    Users are taken from the rows themselves so that every training user counts as a distinct co-occurrence
-    context, even one outside the catalogue's user vocabulary.
+    By default users are taken from the rows themselves (factorised, not the catalogue) so that every training
+    user counts as a distinct co-occurrence context, even one outside the catalogue's user vocabulary.
+    ``by_catalog``: row u is the catalogue's user u instead (``catalog.users.size`` rows; the OOV row and users
+    outside the vocabulary stay empty), for models that keep a factor per catalogue user.
     """
     pos = train[train[schema.positive_label].to_numpy() > 0]
-    users, _ = pd.factorize(pos[catalog.user_col].to_numpy())
     items = catalog.items.encode(pos[catalog.item_col].to_numpy())
-    ok = items < catalog.n_items
-    n_users = int(users.max()) + 1 if len(users) else 0
+    if by_catalog:
+        users = catalog.users.encode(pos[catalog.user_col].to_numpy())
+        ok = (users < catalog.n_users) & (items < catalog.n_items)
+        n_users = catalog.users.size
+    else:
+        users, _ = pd.factorize(pos[catalog.user_col].to_numpy())
+        ok = items < catalog.n_items
+        n_users = int(users.max()) + 1 if len(users) else 0
     x = sp.csr_matrix(
         (np.ones(int(ok.sum()), dtype=np.float64), (users[ok].astype(np.int64), items[ok])),
         shape=(n_users, catalog.n_items),
@@ -626,22 +634,14 @@ class BPRBaseline(Baseline):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         _check_train(train, catalog, schema, self.name)
-        pos = train[train[schema.positive_label].to_numpy() > 0]
-        users = catalog.users.encode(pos[catalog.user_col].to_numpy())
-        items = catalog.items.encode(pos[catalog.item_col].to_numpy())
-        ok = (users < catalog.n_users) & (items < catalog.n_items)
-        n_u = catalog.users.size  # the last row is the OOV slot: never a training user
-        x = sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (users[ok], items[ok])),
-                          shape=(n_u, catalog.n_items))
-        x.sum_duplicates()
-        x.data[:] = 1.0
+        x = _positive_matrix(train, catalog, schema, by_catalog=True)  # the OOV row is never a training user
         if x.nnz == 0:
             raise ValueError(f"{self.name}.fit: no training positives ({schema.positive_label!r} > 0) for users and "
                              "items of the catalogue")
         model = BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
                                             regularization=self.regularization, iterations=self.iterations,
                                             num_threads=1, random_state=self.seed, dtype=np.float32)
-        model.fit(x, show_progress=False)
+        model.fit(x.astype(np.float32), show_progress=False)
         _check_finite(self.name, item_factors=model.item_factors, user_factors=model.user_factors)
         uf = np.asarray(model.user_factors, dtype=np.float64)
         cold = np.zeros(uf.shape[1])

@@ -24,7 +24,8 @@ def stage_windows(split: Split, engine=None) -> dict[str, str]:
     i-th scoring stage the (i+1)-th window) when the split has no window of that name, or the last of its
     ``windows`` when the funnel lists them (:func:`train_windows`); ``"test"`` the last. Windows must follow
     the funnel's order and precede the test window."""
-    return {name: ws[-1] if isinstance(ws, list) else ws for name, ws in _windows(split, engine).items()}
+    fixed, stages = _windows(split, engine)
+    return {**fixed, **{name: ws[-1] for name, ws in stages.items()}}
 
 
 def train_windows(split: Split, engine=None) -> dict[str, list[str]]:
@@ -33,17 +34,19 @@ def train_windows(split: Split, engine=None) -> dict[str, list[str]]:
     before the test window; a stage's last window follows its upstream stages' last windows (so the shipped
     upstream serves it there), and its first follows their first (so at each of its cut points an upstream
     trained only on earlier windows exists)."""
-    return {name: ws for name, ws in _windows(split, engine).items() if isinstance(ws, list)}
+    return _windows(split, engine)[1]
 
 
-def _windows(split: Split, engine) -> dict:
+def _windows(split: Split, engine) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(the candidate stage's and the test window's keys -> window, each scoring stage -> its windows)."""
     from recsys.configlib import EngineConfig
 
     engine = engine or EngineConfig()
     names = split.names
     if len(names) < 3:
         raise ConfigError(f"split.windows: the engine needs at least 3 windows (train, ..., test), got {names}")
-    out: dict = {RETRIEVAL: names[0], "retrieval_valid": names[1], "test": names[-1]}
+    fixed = {RETRIEVAL: names[0], "retrieval_valid": names[1], "test": names[-1]}
+    out: dict[str, list[str]] = {}
     prev_first = prev_last = 0
     for i, f in enumerate(engine.funnel[1:], start=1):
         name = f.stage
@@ -77,4 +80,4 @@ def _windows(split: Split, engine) -> dict:
             ws, pos = [w], [p]
         out[name] = ws
         prev_first, prev_last = pos[0], pos[-1]
-    return out
+    return fixed, out
