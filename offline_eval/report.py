@@ -5,6 +5,7 @@ Layout of ``OUT/`` (written atomically: a failed run leaves nothing; an existing
 
     metrics.json        every number (documented below)
     report.md           the same as tables: systems x metrics with 95% bootstrap CIs, funnel, segments, ...
+    report.html         report.md and its figures as one self-contained page (offline_eval.html_report)
     metric_at_k.png     nDCG@k and recall@k over eval.ks, one line per system
     qrels.trec          with --export-run: ``qid 0 docid rel`` (external user / item ids)
     run.trec            with --export-run: ``qid Q0 docid rank score tag`` of the primary system (``engine`` when
@@ -45,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from offline_eval.evaluator import HEADLINE
+from offline_eval.html_report import write_html
 from recsys.config import Config, to_dict
 from recsys.io import OutputExistsError, atomic_output_dir, write_json
 
@@ -509,6 +511,7 @@ def write_report(
             metrics["exports"] = exports
         write_json(tmp / "metrics.json", metrics)
         (tmp / "report.md").write_text(render_markdown(metrics, plots), encoding="utf-8")
+        write_html(tmp)
     logger.info("wrote evaluation report to %s", out)
     return metrics
 
