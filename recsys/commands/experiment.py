@@ -21,11 +21,17 @@ windows, so a bundle whose two-tower was refit on the pre-ranker's window (``ret
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+#: further experiments: modules ``recsys.commands.<name>``, each with ``register(experiments_subparsers)``
+#: that adds its ``recsys experiment <name>`` parser (one line here per experiment)
+MODULES: tuple[str, ...] = (
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="comma-separated baselines (default: eval.baselines of the config); 'none' for none")
     sd.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
     sd.set_defaults(func=cmd_seeds)
+    for name in MODULES:
+        importlib.import_module(f"recsys.commands.{name}").register(exp)
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
