@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offline_eval.compare import two_level_bootstrap
 from recsys.config import Config
 from recsys.data.schema import Dataset
 from recsys.io import atomic_output_dir, write_json
@@ -31,23 +32,6 @@ from recsys.io import atomic_output_dir, write_json
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "true_ndcg@10")
-
-
-def two_level_bootstrap(d: np.ndarray, n_samples: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of ``mean(d)`` for ``d`` (S, B) under resampling of seeds, then of users.
-
-    Each sample draws S seed rows and B user columns with replacement and takes the mean of that (S, B) block.
-    With S = 1 it is the paired bootstrap over users."""
-    d = np.asarray(d, dtype=np.float64)
-    s, b = d.shape
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_samples)
-    for i in range(n_samples):
-        rows = rng.integers(0, s, s)
-        cols = rng.integers(0, b, b)
-        means[i] = d[np.ix_(rows, cols)].mean()
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
 
 
 def summarize(per_seed: list[dict], metrics=DEFAULT_METRICS, reference: str = "engine", n_samples: int = 2000,
