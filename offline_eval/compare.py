@@ -197,5 +197,86 @@ def holm(p_values) -> np.ndarray:
     return adj.reshape(p.shape)
 
 
-__all__ = ["ALPHA", "POWER", "MeanSE", "bootstrap_means", "holm", "mde", "mean_se", "paired_diff",
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a report's comparisons: every system against the reference on every metric, and per segment
+
+
+def _design(reps: list, key: str, s: int, name: str) -> np.ndarray:
+    """(S, B) values of ``key`` from a system's replicates (one replicate is used for every seed)."""
+    rows = np.stack([np.asarray(r[key], dtype=np.float64) for r in reps])
+    if len(rows) == s:
+        return rows
+    if len(rows) == 1:
+        return np.repeat(rows, s, axis=0)
+    raise ValueError(f"system {name!r} has {len(rows)} replicates; expected 1 or {s} (the most any system has)")
+
+
+def compare_systems(values: dict, reference: str, metrics, segments: dict | None = None, alpha: float = ALPHA,
+                    power: float = POWER, n_samples: int = 2000, seed: int = 0) -> dict:
+    """Every system against ``reference`` on every metric, paired over users and seeds, Holm-corrected.
+
+    Args:
+        values: ``{system: [{key: (B,) per-user values}, ...]}``, one dict per replicate (training seed), the
+            same B users in every one; a system has 1 replicate (a deterministic baseline, or one bundle: its
+            values are paired with every seed of the others) or S, the most any system has.
+        reference: the system every other one is compared with; differences are ``system - reference``.
+        metrics: keys of ``values`` compared over all users.
+        segments: ``{segment: (mask (B,) bool, {metric: key})}``: the users of a segment and, per metric, the
+            key of the per-user values there (e.g. warm users: the metric itself; head items: a recall computed
+            on the head items only).
+
+    Returns ``{"reference", "n_seeds", "n_users", "alpha", "power", "systems", "paired", "segments"}``:
+    ``systems[name][metric] = {"mean", "per_seed", "replicates"}``; ``paired[name][metric]`` is
+    :func:`paired_diff` plus ``p_holm`` (Holm over every (system, metric) of ``paired``) and ``significant``
+    (``p_holm <= alpha``); ``segments[segment] = {"n_users", "paired": {name: {metric: ...}}}`` the same with
+    Holm over every test of ``segments`` (a second family).
+    """
+    _check_level("alpha", alpha)
+    if reference not in values:
+        raise ValueError(f"reference {reference!r} is not among the systems {sorted(values)}")
+    if not values[reference]:
+        raise ValueError(f"reference {reference!r} has no replicate")
+    s = max(len(v) for v in values.values())
+    n_users = len(next(iter(values[reference][0].values())))
+    out: dict = {"reference": reference, "n_seeds": s, "n_users": int(n_users), "alpha": alpha, "power": power,
+                 "systems": {}, "paired": {}, "segments": {}}
+    for name, reps in values.items():
+        out["systems"][name] = {}
+        for m in metrics:
+            x = _design(reps, m, s, name)
+            out["systems"][name][m] = {"mean": float(x.mean()), "per_seed": x.mean(axis=1).tolist(),
+                                       "replicates": len(reps)}
+    others = [n for n in values if n != reference]
+
+    def family(cells):  # [(system, metric, d)] -> the paired dicts, Holm over the family
+        res = [paired_diff(d, alpha, power, n_samples, seed) for _, _, d in cells]
+        adj = holm([r["p_value"] for r in res]) if res else []
+        for r, a in zip(res, adj):
+            r["p_holm"] = float(a)
+            r["significant"] = bool(a <= alpha)
+        return res
+
+    cells = [(n, m, _design(values[n], m, s, n) - _design(values[reference], m, s, reference))
+             for n in others for m in metrics]
+    for (n, m, _), r in zip(cells, family(cells)):
+        out["paired"].setdefault(n, {})[m] = r
+    seg_cells = []
+    for seg, (mask, keys) in (segments or {}).items():
+        mask = np.asarray(mask, dtype=bool)
+        out["segments"][seg] = {"n_users": int(mask.sum()), "paired": {}}
+        if mask.sum() < 2:
+            continue
+        for n in others:
+            for m, key in keys.items():
+                a, ref = _design(values[n], key, s, n)[:, mask], _design(values[reference], key, s, reference)[:, mask]
+                seg_cells.append((seg, n, m, a - ref, float(ref.mean()), float(a.mean())))
+    res = family([(None, None, c[3]) for c in seg_cells])
+    for (seg, n, m, _, ref_mean, mean), r in zip(seg_cells, res):
+        out["segments"][seg]["paired"].setdefault(n, {})[m] = {"reference_mean": ref_mean, "mean": mean, **r}
+    return out
+
+
+__all__ = ["ALPHA", "POWER", "MeanSE", "bootstrap_means", "compare_systems", "holm", "mde", "mean_se", "paired_diff",
            "two_level_bootstrap"]

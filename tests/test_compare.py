@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from offline_eval.compare import bootstrap_means, holm, mde, mean_se, paired_diff, two_level_bootstrap
+from offline_eval.compare import (
+    bootstrap_means,
+    holm,
+    mde,
+    mean_se,
+    paired_diff,
+    two_level_bootstrap,
+)
 
 N_DRAWS = 400
 ALPHA = 0.05
@@ -154,3 +161,118 @@ def test_bad_design_is_refused():
         paired_diff(np.zeros((2, 1)))
     with pytest.raises(ValueError, match="finite"):
         paired_diff(np.array([[0.0, np.nan, 1.0]]))
+
+
+def test_compare_systems_pairs_over_seeds_and_broadcasts_a_one_replicate_system():
+    from offline_eval.compare import compare_systems
+
+    rng = np.random.default_rng(12)
+    b = 200
+    users = rng.random(b)
+    ref = [{"m": users + rng.normal(0, 0.01, b)} for _ in range(3)]
+    better = [{"m": r["m"] + 0.05 + 0.001 * s} for s, r in enumerate(ref)]  # +0.05 on every user and seed
+    flat = [{"m": users}]  # one replicate (a baseline)
+    warm = np.arange(b) < 150
+    res = compare_systems({"ref": ref, "better": better, "flat": flat}, "ref", ["m"],
+                          segments={"warm": (warm, {"m": "m"}), "none": (np.zeros(b, bool), {"m": "m"})},
+                          n_samples=100)
+    assert res["n_seeds"] == 3 and res["systems"]["flat"]["m"]["replicates"] == 1
+    p = res["paired"]["better"]["m"]
+    assert p["diff"] == pytest.approx(0.051) and p["ci_low"] < 0.051 < p["ci_high"] and p["significant"]
+    assert p["per_seed"] == pytest.approx([0.05, 0.051, 0.052])
+    q = res["paired"]["flat"]["m"]
+    assert q["n_seeds"] == 3 and q["p_holm"] >= q["p_value"]
+    seg = res["segments"]["warm"]
+    assert seg["n_users"] == 150 and seg["paired"]["better"]["m"]["n_users"] == 150
+    assert seg["paired"]["better"]["m"]["mean"] - seg["paired"]["better"]["m"]["reference_mean"] == pytest.approx(
+        seg["paired"]["better"]["m"]["diff"])
+    assert res["segments"]["none"] == {"n_users": 0, "paired": {}}
+    with pytest.raises(ValueError, match="replicates"):
+        compare_systems({"ref": ref, "two": better[:2]}, "ref", ["m"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the command on the tiny world (the session's serving bundle, seed 0, and one more bundle trained with seed 1)
+
+
+@pytest.fixture(scope="module")
+def seed1_bundle(serving_bundle, tmp_path_factory):
+    import torch
+    from serving_support import TRAIN_OVERRIDES
+
+    from recsys.config import load_config
+    from recsys.data.schema import read_dataset
+    from recsys.training import train_engine
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("seed1") / "art"
+    train_engine(read_dataset(serving_bundle.parent / "data"), load_config(None, [*TRAIN_OVERRIDES, "seed=1"]), out)
+    return out
+
+
+def test_compare_command_on_two_seeds_of_the_tiny_world(serving_bundle, seed1_bundle, tmp_path):
+    from offline_eval.evaluator import EvalData, evaluate
+    from recsys.bundle import load_bundle
+    from recsys.cli import main
+    from recsys.config import Config, from_dict
+    from recsys.data.catalog import Catalog
+    from recsys.data.schema import read_dataset
+    from recsys.data.split import split_dataset
+    from recsys.training import load_engine
+
+    data = serving_bundle.parent / "data"
+    out = tmp_path / "cmp"
+    args = ["-q", "experiment", "compare", "--data", str(data), "--out", str(out), "--bundle", str(serving_bundle),
+            "--bundle", str(seed1_bundle), "--systems", "engine,popularity", "--bootstrap-samples", "100"]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["reference"] == "engine" and res["n_seeds"] == 2
+    assert res["metrics"] == ["ndcg@10", "recall@10", "recall@100", "true_ndcg@10"]  # a synthetic world
+    eng = res["systems"]["engine"]["ndcg@10"]
+    assert eng["replicates"] == 2 and eng["per_seed"][0] != eng["per_seed"][1]
+    # the seed-0 replicate is what the evaluator gives that bundle's engine on the same users
+    cfg = from_dict(Config, load_bundle(serving_bundle).manifest["config"])
+    ds = read_dataset(data)
+    split = split_dataset(ds, cfg.split)
+    ev = evaluate(load_engine(serving_bundle), EvalData.from_split(
+        split, cfg.eval, Catalog.from_dataset(ds, train=split.before("test"))), cfg.eval)
+    assert eng["per_seed"][0] == pytest.approx(ev.means["ndcg@10"], abs=1e-12)
+    pop = res["paired"]["popularity"]["ndcg@10"]
+    assert pop["diff"] == pytest.approx(res["systems"]["popularity"]["ndcg@10"]["mean"] - eng["mean"], abs=1e-12)
+    assert pop["n_seeds"] == 2 and pop["ci_low"] <= pop["diff"] <= pop["ci_high"] and pop["p_holm"] >= pop["p_value"]
+    assert set(res["segments"]) == {"warm_users", "cold_users", "head_items", "tail_items"}
+    assert set(res["segments"]["head_items"]["paired"]["popularity"]) == {"recall@10", "recall@100"}
+    text = (out / "report.md").read_text()
+    assert "## ndcg@10" in text and "![paired differences" in text and "| warm_users |" in text
+    assert (out / "forest.png").stat().st_size > 1000 and (out / "segments.png").stat().st_size > 1000
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+
+    # two bundles' engines by name; the output folder exists: refused unless --overwrite
+    args2 = ["-q", "experiment", "compare", "--data", str(data), "--out", str(out), "--systems", "none",
+             "--system", f"seed0={serving_bundle}", "--system", f"seed1={seed1_bundle}:engine",
+             "--metrics", "ndcg@10", "--bootstrap-samples", "0", "--reference", "seed0"]
+    assert main(args2) == 2
+    assert main([*args2, "--overwrite"]) == 0
+    res2 = json.loads((out / "results.json").read_text())
+    assert res2["n_seeds"] == 1 and set(res2["systems"]) == {"seed0", "seed1"}
+    assert res2["systems"]["seed1"]["ndcg@10"]["mean"] == pytest.approx(eng["per_seed"][1], abs=1e-12)
+
+
+def test_compare_refuses_bad_replicates_and_another_dataset(serving_bundle, tmp_path, capsys):
+    from recsys.cli import main
+    from recsys.data.synthetic import synthesize
+
+    data = serving_bundle.parent / "data"
+    base = ["-q", "experiment", "compare", "--data", str(data), "--out", str(tmp_path / "o")]
+    assert main([*base, "--bundle", str(serving_bundle), "--bundle", str(serving_bundle)]) == 2
+    assert "seed replicates need different seeds" in capsys.readouterr().err
+    assert main([*base, "--bundle", str(serving_bundle), "--systems", "engine,nope"]) == 2
+    assert "no system 'nope'" in capsys.readouterr().err
+    assert main([*base, "--bundle", str(serving_bundle), "--metrics", "ndcg@7"]) == 2
+    assert "--metrics" in capsys.readouterr().err
+    synthesize("tiny", 1, tmp_path / "other")
+    assert main(["-q", "experiment", "compare", "--data", str(tmp_path / "other"), "--out", str(tmp_path / "o"),
+                 "--bundle", str(serving_bundle)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained on another dataset" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

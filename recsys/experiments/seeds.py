@@ -94,7 +94,7 @@ def run_seeds(ds: Dataset, cfg: Config, out: str | Path, seeds: int, baselines=N
                 raise RuntimeError("seeds: the evaluation users differ between seeds")  # the split is seed-free
             users = ids
             per_seed.append({n: {m: ev.per_user[m] for m in metrics if m in ev.per_user} for n, ev in evals.items()})
-        result = {"seeds": list(range(seeds)), "n_users": int(len(users)), "config": cfg.name,
+        result = {"seeds": list(range(seeds)), "n_users": len(users), "config": cfg.name,
                   "validation": bool(cfg.split.validation), **summarize(per_seed, metrics)}
         write_json(tmp / "seeds.json", result)
         text = "\n".join(format_report(result, m) for m in metrics if any(m in v for v in result["systems"].values()))
