@@ -73,22 +73,24 @@ def parse_system(text: str) -> tuple[str, Path, str]:
     return name.strip(), Path(path), system
 
 
-def _without_seeds(obj, top: bool = True):
-    """A manifest config without its seeds (top-level and stage ``seed`` keys; the split's are kept)."""
+def _replicate_key(obj, top: bool = True):
+    """A manifest config without what may differ between seed replicates: every ``seed`` key (top-level and the
+    stages'; the split's are kept) and the top-level ``systems`` list (which ablations were also trained)."""
     if isinstance(obj, dict):
-        return {k: (v if k == "split" and top else _without_seeds(v, False)) for k, v in obj.items()
-                if k != "seed"}
+        return {k: (v if k == "split" and top else _replicate_key(v, False)) for k, v in obj.items()
+                if k != "seed" and not (top and k == "systems")}
     return obj
 
 
 def check_replicates(bundles: list, paths: list[Path]) -> None:
-    """``--bundle`` replicates: one config (seeds aside) and distinct seeds, else ValueError."""
+    """``--bundle`` replicates: one config (seeds and the list of trained ablations aside) and distinct seeds,
+    else ValueError. (Whether each has the compared systems is checked with ``--systems``.)"""
     if len(bundles) < 2:
         return
-    first = _without_seeds(bundles[0].manifest["config"])
+    first = _replicate_key(bundles[0].manifest["config"])
     seeds = [b.manifest["config"].get("seed") for b in bundles]
     for b, p in zip(bundles[1:], paths[1:]):
-        other = _without_seeds(b.manifest["config"])
+        other = _replicate_key(b.manifest["config"])
         if other != first:
             keys = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
             raise ValueError(f"--bundle {p}: not a seed replicate of {paths[0]} (configs differ in {keys}); "

@@ -201,6 +201,11 @@ def run_compare(ds: Dataset, cfg: Config, out: str | Path, sources: dict[str, li
 # report
 
 
+def _p(p: float) -> str:
+    """A p-value for a table: 2 significant digits; one below the double range shown as < 1e-300."""
+    return f"{p:.2g}" if p > 0 else "<1e-300"
+
+
 def _ci(p: dict) -> str:
     return f"{p['diff']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
 
@@ -223,7 +228,7 @@ def summary_table(res: dict, metric: str | None = None) -> str:
             continue
         boot = f"[{p['boot_low']:+.4f}, {p['boot_high']:+.4f}]" if "boot_low" in p else "-"
         lines.append(f"| {n} | {s['replicates']} | {s['mean']:.4f} | {per_seed} | {_ci(p)} | {boot} "
-                     f"| {p['p_value']:.2g} | {p['p_holm']:.2g} | {p['mde']:.4f} | "
+                     f"| {_p(p['p_value'])} | {_p(p['p_holm'])} | {p['mde']:.4f} | "
                      f"{'yes' if p['significant'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
@@ -236,7 +241,7 @@ def segment_table(res: dict) -> str:
         for n, by_metric in entry["paired"].items():
             for m, p in by_metric.items():
                 lines.append(f"| {seg} | {entry['n_users']} | {n} | {m} | {p['reference_mean']:.4f} | "
-                             f"{p['mean']:.4f} | {_ci(p)} | {p['p_value']:.2g} | {p['p_holm']:.2g} |")
+                             f"{p['mean']:.4f} | {_ci(p)} | {_p(p['p_value'])} | {_p(p['p_holm'])} |")
     return "\n".join(lines) + "\n"
 
 
