@@ -75,4 +75,23 @@ def best_under_budget(latency, quality, budget: float) -> int | None:
     return int(best)
 
 
-__all__ = ["best_under_budget", "frontier_order", "pareto_mask"]
+def percentile_ci(samples, q: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the ``q``-th percentile (0-100) of ``samples`` (n,): the ``alpha/2`` and
+    ``1 - alpha/2`` quantiles of that percentile over ``n_boot`` resamples of the n values with replacement
+    (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13). The samples are taken as
+    independent; for a tail percentile of a few hundred values the interval is coarse (it moves with the few
+    largest values), which is the point: it shows how far a p99 can be trusted."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.isfinite(x).all():
+        raise ValueError("percentile_ci: samples must be a non-empty 1-d array of finite values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile_ci: q must be in [0, 100], got {q}")
+    if n_boot < 1 or not 0 < alpha < 1:
+        raise ValueError(f"percentile_ci: need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    boot = np.percentile(x[idx], q, axis=1)
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+__all__ = ["best_under_budget", "frontier_order", "pareto_mask", "percentile_ci"]

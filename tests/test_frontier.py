@@ -70,8 +70,8 @@ def test_cli_end_to_end_bundle_point_equals_evaluate(serving_bundle, tmp_path, c
     data = serving_bundle.parent / "data"
     out = tmp_path / "frontier"
     args = ["experiment", "frontier", "--bundle", str(serving_bundle), "--data", str(data), "--out", str(out),
-            "--retrieve-k", "30,60", "--prerank-k", "10,20,40", "--search-width", "exact,16", "--users", "25",
-            "--warmup", "1", "--budget-ms", "1000"]
+            "--retrieve-k", "30,60", "--prerank-k", "10,40", "--search-width", "exact,16", "--users", "20",
+            "--warmup", "1", "--repeats", "2", "--budget-ms", "1000"]
     assert main(["-q"] + args) == 0
     res = json.loads((out / "results.json").read_text())
     for name in ("report.md", "frontier.png", "report.html"):
@@ -79,17 +79,18 @@ def test_cli_end_to_end_bundle_point_equals_evaluate(serving_bundle, tmp_path, c
     labels = [p["label"] for p in res["points"]]
     assert "r30/p40/wexact" not in labels  # prerank_k 40 > retrieve_k 30: skipped
     assert any(s["reason"] == "prerank_k 40 > retrieve_k 30" for s in res["skipped"])
-    assert len(res["points"]) == 2 * 3 * 2 - 2 + 1  # feasible grid + the bundle's own point (1000/100)
+    assert len(res["points"]) == 2 * 2 * 2 - 2 + 1  # feasible grid + the bundle's own point (1000/100)
     bundle = next(p for p in res["points"] if p["bundle"])
     assert (bundle["retrieve_k"], bundle["prerank_k"]) == (1000, 100)
     assert res["best_under_budget"] is not None  # a 1 s budget: every point fits
+    assert res["timed_requests"] == 2 * 20 and bundle["vs_bundle"]["mean_diff"] == 0.0
     assert sum(p["on_frontier"] for p in res["points"]) >= 1
     # the same users through the plain path: recsys evaluate of the bundle's engine
     ev = tmp_path / "eval"
     assert main(["-q", "evaluate", "--bundle", str(serving_bundle), "--data", str(data), "--out", str(ev),
-                 "--systems", "engine", "--set", "eval.max_users=25", "--set", "eval.seed=0"]) == 0
+                 "--systems", "engine", "--set", "eval.max_users=20", "--set", "eval.seed=0"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
-    assert metrics["n_users"] == res["users"] == 25
+    assert metrics["n_users"] == res["users"] == 20
     assert bundle["ndcg@10"] == pytest.approx(metrics["systems"]["engine"]["ndcg@10"], abs=1e-12)
     assert bundle["recall@10"] == pytest.approx(metrics["systems"]["engine"]["recall@10"], abs=1e-12)
     # an existing report folder is refused before any work, with a one-line message naming it

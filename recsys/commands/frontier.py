@@ -2,7 +2,8 @@
 
     recsys experiment frontier --bundle B --data D --out DIR [--retrieve-k 250,500,1000] [--prerank-k 25,50,100]
                                [--search-width exact,1,4,16,64] [--index FACTORY] [--budget-ms 15]
-                               [--users 300] [--seed 0] [--warmup 10] [--overwrite]
+                               [--users 300] [--seed 0] [--warmup 10] [--repeats 1]
+                               [--overwrite]
 
 Sweeps retrieve_k x prerank_k x the ANN search width of the bundle's engine without retraining, measures
 ndcg@10 / recall (evaluator) and single-request p50 / p95 / p99 latency (one thread) on the same sampled test
@@ -40,6 +41,8 @@ def register(exp: argparse._SubParsersAction) -> None:
     p.add_argument("--users", type=int, default=300, help="test users sampled (eval.max_users; default 300)")
     p.add_argument("--seed", type=int, default=0, help="user sample (eval.seed) and timing order seed (default 0)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up requests per point (default 10)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed passes over the users' requests per point (default 1); more passes steady the p99")
     p.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
     p.set_defaults(func=cmd_frontier)
 
@@ -58,6 +61,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         raise ValueError(f"--budget-ms: expected a positive number of milliseconds, got {args.budget_ms}")
     if args.users < 1:
         raise ValueError(f"--users: must be >= 1, got {args.users}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats: must be >= 1, got {args.repeats}")
     if args.warmup < 0:
         raise ValueError(f"--warmup: must be >= 0, got {args.warmup}")
     if args.index is not None:
@@ -121,7 +126,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
             "n_items": index.ntotal, "machine": F.machine_note(), "window": window,
             "trained_cutoffs": {"retrieve_k": engine.retrieve_k, **{s.name: c for s, c in engine.stages}}}
     res = F.run_frontier(engine, data, ecfg, points, setting, k, args.budget_ms, args.warmup, args.seed,
-                         skipped + width_skips, info)
+                         skipped + width_skips, info, repeats=args.repeats)
     res.info["wall_seconds"] = time.perf_counter() - t_start
     F.write_report(res, args.out, overwrite=args.overwrite)
     b = res.rows[res.bundle_index]

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from offline_eval.evaluator import EvalData, SystemEval, compare, evaluate
-from offline_eval.frontier import best_under_budget, frontier_order, pareto_mask
+from offline_eval.frontier import best_under_budget, frontier_order, pareto_mask, percentile_ci
 from recsys.engine import Engine
 from recsys.io import atomic_output_dir, write_json
 from recsys.types import Requests, Results
@@ -274,14 +274,15 @@ def latency_summary(ms: np.ndarray) -> dict[str, float]:
 
 
 def time_points(engines: Sequence[Engine], points: Sequence[Point], setting: IndexSetting, requests: Requests,
-                k: int, warmup: int, seed: int) -> tuple[np.ndarray, list[dict[str, list[float]]]]:
-    """(P, B) milliseconds of ``engines[p].rank`` on request b alone, and per point {stage: [ms, ...]}.
+                k: int, warmup: int, seed: int, repeats: int = 1) -> tuple[np.ndarray, list[dict[str, list[float]]]]:
+    """(P, R * B) milliseconds of ``engines[p].rank`` on request b alone (R = ``repeats`` passes over the B
+    requests), and per point {stage: [ms, ...]}.
 
     One thread; every point first ranks the first ``warmup`` requests untimed; then for each request b the
     points run in an order shuffled per request (``seed``)."""
     n_p, b = len(engines), len(requests)
-    singles = [requests.take(np.array([i])) for i in range(b)]
-    ms = np.zeros((n_p, b), dtype=np.float64)
+    singles = [requests.take(np.array([i])) for i in range(b)] * int(repeats)
+    ms = np.zeros((n_p, len(singles)), dtype=np.float64)
     stages: list[dict[str, list[float]]] = [{} for _ in range(n_p)]
     rng = np.random.default_rng(seed)
     with one_thread():
@@ -320,10 +321,12 @@ class FrontierResult:
 
 def run_frontier(engine: Engine, data: EvalData, eval_cfg, points: list[Point], setting: IndexSetting, k: int,
                  budget_ms: float, warmup: int = 10, seed: int = 0, skipped: list[dict] | None = None,
-                 info: dict | None = None) -> FrontierResult:
+                 info: dict | None = None, repeats: int = 1) -> FrontierResult:
     """Measure every point (quality through the evaluator on ``data``, single-request latency on the same
-    users' requests) and find the frontier and the best point under ``budget_ms`` (see the module docstring).
-    ``eval_cfg`` is the bundle's EvalConfig; its ks / metrics are set here (ndcg and recall at 10 and k)."""
+    users' requests, ``repeats`` passes) and find the frontier and the best point under ``budget_ms`` (see the
+    module docstring). ``eval_cfg`` is the bundle's EvalConfig; its ks / metrics are set here (ndcg and recall
+    at 10 and k). Each point also gets a 95% percentile-bootstrap interval of its p99 over its timed requests
+    and the paired-bootstrap difference of its ndcg@10 to the bundle's point over the users."""
     prerank = prerank_stage(engine)
     engines = [point_engine(engine, p, prerank) for p in points]
     ecfg = dataclasses.replace(eval_cfg, ks=tuple(sorted({10, k})), metrics=("ndcg", "recall"), backend="local")
@@ -334,12 +337,16 @@ def run_frontier(engine: Engine, data: EvalData, eval_cfg, points: list[Point], 
     setting.restore()
     eval_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ms, stage_ms = time_points(engines, points, setting, data.requests, k, warmup, seed)
+    ms, stage_ms = time_points(engines, points, setting, data.requests, k, warmup, seed, repeats)
     latency_s = time.perf_counter() - t0
 
+    bundle_i = next(i for i, p in enumerate(points) if p.auto)
     rows = []
     for i, (p, ev) in enumerate(zip(points, evals)):
         lat = latency_summary(ms[i])
+        lat["p99_ci_ms"] = list(percentile_ci(ms[i], 99, seed=seed))
+        d = compare(ev, evals[bundle_i], QUALITY, seed=seed)
+        lat["vs_bundle"] = {key: d[key] for key in ("mean_diff", "ci_low", "ci_high", "p_value")}
         funnel = {s: v["recall"] for s, v in ev.funnel.items() if s != "final"}
         rows.append({
             "label": p.label, "retrieve_k": p.retrieve_k, "prerank_k": p.prerank_k, "width": p.width,
@@ -353,13 +360,11 @@ def run_frontier(engine: Engine, data: EvalData, eval_cfg, points: list[Point], 
     mask = pareto_mask(p99, q)
     for r, m in zip(rows, mask):
         r["on_frontier"] = bool(m)
-    bundle_i = next(i for i, p in enumerate(points) if p.auto)
     best = best_under_budget(p99, q, budget_ms)
-    vs = None
-    if best is not None and best != bundle_i:
-        vs = compare(evals[best], evals[bundle_i], QUALITY, seed=seed)
+    vs = None if best is None or best == bundle_i else rows[best]["vs_bundle"]
     info = {**(info or {}), "eval_seconds": eval_s, "latency_seconds": latency_s, "users": data.n_users,
-            "warmup": warmup, "k": k, "prerank_stage": prerank}
+            "warmup": warmup, "repeats": int(repeats), "timed_requests": int(ms.shape[1]), "k": k,
+            "prerank_stage": prerank}
     return FrontierResult(points, rows, evals, ms, list(skipped or []), budget_ms, bundle_i, best, mask,
                           frontier_order(p99, q), vs, info)
 
@@ -391,12 +396,12 @@ def markdown(res: FrontierResult) -> str:
         f"Quality: {QUALITY} and recall@{k} through the evaluator, the engine ranking its final k = {k}. Latency: "
         f"`Engine.rank` of one request at a time on one thread after {info['warmup']} warm-up requests per "
         f"point, points interleaved per user in a seeded random order; p50 / p95 / p99 over the "
-        f"{info['users']} requests. Latencies are measurements on this machine ({info.get('machine')}), not "
+        f"{info['timed_requests']} timed requests ({info['repeats']} pass(es) over the users). Latencies are measurements on this machine ({info.get('machine')}), not "
         "properties of the configuration: on a shared machine, read them as relative.", "",
         "## Grid", "",
-        f"| retrieve_k | prerank_k | width | {QUALITY} | recall@{k} | retrieval recall | prerank recall | p50 ms | "
-        "p95 ms | p99 ms | frontier |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        f"| retrieve_k | prerank_k | width | {QUALITY} | vs bundle [95% CI] | recall@{k} | retrieval recall | "
+        "prerank recall | p50 ms | p95 ms | p99 ms [95% CI] | frontier |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     order = sorted(range(len(res.rows)), key=lambda i: (res.rows[i]["retrieve_k"], res.rows[i]["prerank_k"] or 0,
                                                         str(res.rows[i]["width"])))
@@ -405,11 +410,17 @@ def markdown(res: FrontierResult) -> str:
         r = res.rows[i]
         width = f"{r['width']} (bundle, as served)" if r["bundle"] else str(r["width"])
         tag = " **best**" if i == res.best_index else ""
+        v, (lo, hi) = r["vs_bundle"], r["p99_ci_ms"]
+        vs = "-" if r["bundle"] else f"{v['mean_diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]"
         lines.append(
-            f"| {r['retrieve_k']} | {_fmt(r['prerank_k'])} | {width} | {r[QUALITY]:.4f} | {r[f'recall@{k}']:.4f} | "
-            f"{_fmt(r['funnel_recall'].get('retrieval'))} | {_fmt(r['funnel_recall'].get(stage))} | "
-            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {'yes' if r['on_frontier'] else ''}{tag} |")
-    lines += ["", "Retrieval / prerank recall: the share of a user's relevant items among the candidates that stage "
+            f"| {r['retrieve_k']} | {_fmt(r['prerank_k'])} | {width} | {r[QUALITY]:.4f} | {vs} | "
+            f"{r[f'recall@{k}']:.4f} | {_fmt(r['funnel_recall'].get('retrieval'))} | "
+            f"{_fmt(r['funnel_recall'].get(stage))} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} [{lo:.1f}, {hi:.1f}] | {'yes' if r['on_frontier'] else ''}{tag} |")
+    lines += ["", f"vs bundle: the difference in {QUALITY} to the bundle's point, paired over the users, with its 95% "
+              "bootstrap interval. p99 [95% CI]: percentile-bootstrap interval over the timed requests. A frontier "
+              "whose neighbours' intervals overlap is ordered by noise as much as by the configuration.", "",
+              "Retrieval / prerank recall: the share of a user's relevant items among the candidates that stage "
               "passes on (the ceiling it leaves to the stages after it).", "", "![latency-quality frontier]"
               "(frontier.png)", "", "## Frontier and budget", ""]
     fr = [res.rows[i] for i in res.frontier]
