@@ -425,7 +425,8 @@ def markdown(res: FrontierResult) -> str:
               "(frontier.png)", "", "## Frontier and budget", ""]
     fr = [res.rows[i] for i in res.frontier]
     lines.append("Pareto frontier on (p99 latency, " + QUALITY + "), by latency: " + "; ".join(
-        f"{r['label']} ({r['p99_ms']:.2f} ms, {r[QUALITY]:.4f})" for r in fr) + ".")
+        f"{r['label']} ({r['p99_ms']:.2f} ms, {r[QUALITY]:.4f})" for r in fr) + ". Each frontier point is the "
+        "best configuration for every p99 budget from its own p99 up to the next frontier point's.")
     lines.append("")
     if res.best_index is None:
         fastest = min(res.rows, key=lambda r: r["p99_ms"])
