@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 #: that adds its ``recsys experiment <name>`` parser (one line here per experiment)
 MODULES: tuple[str, ...] = (
     "compare",
+    "frontier",
 )
 
 

@@ -126,6 +126,9 @@ class AnnIndex:
         self.factory = factory
         self._vectors = vectors  # (N, D) originals, kept after build for exact fallbacks and recall checks
         self._exact = None
+        # what search(exact=None) does: None the auto rule (:meth:`auto_exact`), True exhaustive, False the index
+        # structure (a serving-time what-if, e.g. ``recsys experiment frontier``'s search-width sweep)
+        self.exact: bool | None = None
 
     # ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -198,6 +201,23 @@ class AnnIndex:
                 raise ValueError(f"ef_search must be >= 1, got {ef_search}")
             hnsw.efSearch = int(ef_search)
 
+    def search_width(self) -> tuple[str | None, int | None, int | None]:
+        """(parameter, current value, largest useful value) of this index's query-time search width:
+        ("nprobe", nprobe, nlist) for IVF, ("efSearch", efSearch, None) for HNSW, (None, None, None) for an
+        index without one (Flat)."""
+        import faiss
+
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            ivf = None
+        if ivf is not None:
+            return "nprobe", int(ivf.nprobe), int(ivf.nlist)
+        hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)
+        if hnsw is not None:
+            return "efSearch", int(hnsw.efSearch), None
+        return None, None, None
+
     # ---------------------------------------------------------------------------------------------------
     @property
     def ntotal(self) -> int:
@@ -243,9 +263,10 @@ class AnnIndex:
         """Top-k inner products per query.
 
         queries (B, D) float32 -> (ids (B, k) int64 with -1 padding, scores (B, k) float32 with NaN padding),
-        highest score first. ``exact`` None (auto): exhaustive search when N <= 16384 or k >= N / 8, where an
-        ANN structure would visit about as many vectors as brute force (and an HNSW graph cannot enumerate the
-        whole collection); True / False force exhaustive / index search (k >= N is always exhaustive).
+        highest score first. ``exact`` None: the index's :attr:`exact` setting, whose default None is auto:
+        exhaustive search when N <= 16384 or k >= N / 8 (:meth:`auto_exact`), where an ANN structure would visit
+        about as many vectors as brute force (and an HNSW graph cannot enumerate the whole collection); True /
+        False force exhaustive / index search (k >= N is always exhaustive).
         """
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -255,7 +276,9 @@ class AnnIndex:
         if kk == 0 or b == 0:
             return np.full((b, k), -1, dtype=np.int64), np.full((b, k), np.nan, dtype=np.float32)
         if exact is None:
-            exact = kk * _EXACT_FRACTION >= self.ntotal or self.ntotal <= _EXACT_BELOW
+            exact = self.exact
+        if exact is None:
+            exact = self.auto_exact(kk)
         index = self._exact_index() if (exact or kk >= self.ntotal) else self.index
         hnsw = None if index is not self.index else getattr(faiss_downcast(index), "hnsw", None)
         if hnsw is not None and hnsw.efSearch < kk:
@@ -273,6 +296,10 @@ class AnnIndex:
             ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=np.nan)
         return ids, scores
+
+    def auto_exact(self, k: int) -> bool:
+        """Whether auto mode searches a top-``k`` exhaustively: N <= 16384 or k >= N / 8."""
+        return int(k) * _EXACT_FRACTION >= self.ntotal or self.ntotal <= _EXACT_BELOW
 
     def recall_vs_exact(self, queries: np.ndarray, k: int, vectors: np.ndarray | None = None) -> float:
         """Mean over queries of |ANN top-k ∩ exact top-k| / |exact top-k|, exact = IndexFlatIP over the same
