@@ -10,7 +10,7 @@ seeds and its difference to the engine paired over users and seeds (:mod:`recsys
 
 ``feature-selection`` runs random-bar feature selection for the pre-ranker
 (:mod:`recsys.experiments.feature_selection`) on the pre-ranker's window and writes ``report.md``,
-``importance.png`` and ``results.json``. It needs a retrieval stage for the candidates: the one of
+``importance.png``, ``results.json`` and ``report.html``. It needs a retrieval stage for the candidates: the one of
 ``--bundle`` (its manifest's config is then the default config; a split or dataset other than the bundle's is
 refused), or one trained here on the retrieval window (``retrieval`` section of the config). The rows are
 time-consistent: the two-tower that retrieves their candidates and scores them was trained only on earlier
