@@ -41,10 +41,12 @@ def save(fig, path: str | Path, dpi: int = 100) -> None:
 
 
 def system_colors(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One tab10 colour per system, in the order of ``metrics["systems"]`` (the same in every figure)."""
+    """One colour per system (tab10, tab20 beyond 10 systems), in the order of ``metrics["systems"]`` (the same
+    in every figure)."""
     plt = pyplot()
-    names = list(metrics.get("systems") or {}) + list(metrics.get("funnel") or {})
-    return {n: plt.cm.tab10(i % 10) for i, n in enumerate(dict.fromkeys(names))}
+    names = list(dict.fromkeys(list(metrics.get("systems") or {}) + list(metrics.get("funnel") or {})))
+    cmap, n = (plt.cm.tab10, 10) if len(names) <= 10 else (plt.cm.tab20, 20)
+    return {name: cmap(i % n) for i, name in enumerate(names)}
 
 
 def _finite(x: Any) -> bool:

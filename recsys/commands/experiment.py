@@ -6,7 +6,8 @@
                             [--baselines a,b] [--overwrite]
 
 ``seeds`` trains and evaluates N replicates of one config and reports each system's mean and spread across
-seeds and its difference to the engine paired over users and seeds (:mod:`recsys.experiments.seeds`).
+seeds and its difference to the engine paired over users and seeds (:mod:`recsys.experiments.seeds`): its
+folder holds ``results.json``, ``report.md``, ``seeds.png``, ``paired.png`` and ``report.html``.
 
 ``feature-selection`` runs random-bar feature selection for the pre-ranker
 (:mod:`recsys.experiments.feature_selection`) on the pre-ranker's window and writes ``report.md``,
@@ -78,7 +79,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
         baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     result = run_seeds(read_dataset(args.data), cfg, args.out, args.seeds, baselines, overwrite=args.overwrite)
     print(format_report(result))
-    print(f"report: {args.out / 'report.md'}")
+    print(f"report: {args.out / 'report.html'} ({args.out / 'report.md'}, {args.out / 'results.json'})")
     return 0
 
 
