@@ -7,6 +7,9 @@ Layout of ``OUT/`` (written atomically: a failed run leaves nothing; an existing
     report.md           the same as tables: systems x metrics with 95% bootstrap CIs, funnel, segments, ...
     report.html         report.md and its figures as one self-contained page (offline_eval.html_report)
     metric_at_k.png     nDCG@k and recall@k over eval.ks, one line per system
+    ci.png              each system's mean and 95% CI of nDCG@10, recall@100 (and true_ndcg@10 when known)
+    funnel.png          recall of each stage's candidates, per system (only when a system reports stages)
+    reliability.png     reliability diagram of the heavy ranker's probabilities (only with calibration bins)
     qrels.trec          with --export-run: ``qid 0 docid rel`` (external user / item ids)
     run.trec            with --export-run: ``qid Q0 docid rank score tag`` of the primary system (``engine`` when
                         present, else the best non-oracle system by nDCG@10)
@@ -46,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from offline_eval.evaluator import HEADLINE
+from offline_eval.figures import plot_cis, plot_funnel
 from offline_eval.html_report import write_html
 from recsys.config import Config, to_dict
 from recsys.io import OutputExistsError, atomic_output_dir, write_json
@@ -224,8 +228,28 @@ def _ks(metrics: Mapping[str, Any], base: str) -> list[int]:
     return sorted(ks)
 
 
+#: figures shown inside the section they illustrate (the others go to a final "Plots" section)
+FIGURE_SECTION = {"ci.png": "systems", "metric_at_k.png": "cut-offs", "funnel.png": "funnel",
+                  "reliability.png": "calibration"}
+FIGURE_CAPTION = {"ci.png": "95% confidence interval of each system's mean",
+                  "metric_at_k.png": "metric@k over the cut-offs",
+                  "funnel.png": "funnel recall per stage",
+                  "reliability.png": "reliability diagram"}
+
+
 def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
-    """``report.md`` from the ``metrics.json`` content (so a report can be re-rendered from the JSON)."""
+    """``report.md`` from the ``metrics.json`` content (so a report can be re-rendered from the JSON).
+
+    ``plots``: figure files in the folder; those of :data:`FIGURE_SECTION` are shown in their section."""
+    plots = list(plots)
+
+    def figure(section: str) -> list[str]:
+        out = []
+        for p in plots:
+            if FIGURE_SECTION.get(p) == section:
+                out += [f"![{FIGURE_CAPTION[p]}]({p})", ""]
+        return out
+
     ds = metrics["dataset"]
     u = metrics.get("users", {})
     lines = [
@@ -258,6 +282,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         return f"{v:.4f} [{c[0]:.4f}, {c[1]:.4f}]"
 
     lines += _table(["system", *HEADLINE], [[n, *(cell(n, m) for m in HEADLINE)] for n in systems])
+    lines += figure("systems")
     failed = metrics.get("failed") or {}
     if failed:
         lines += ["## Failed systems", "", "Left out of every table below; the other systems are unaffected.", ""]
@@ -270,7 +295,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> st
             if b not in bases:
                 bases.append(b)
     if bases:
-        lines += ["## All metrics by cut-off", ""]
+        lines += ["## All metrics by cut-off", ""] + figure("cut-offs")
         for b in bases:
             ks = _ks(metrics, b)
             lines += [f"### {b}", ""]
@@ -295,6 +320,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> st
             for stage, v in stages.items():
                 rows.append([n, stage, v.get("C"), v.get("recall"), v.get("mean_candidates")])
         lines += _table(["system", "stage", "C", "recall@C", "mean candidates"], rows)
+        lines += figure("funnel")
     else:
         lines += ["No system reported stage candidates.", ""]
 
@@ -336,6 +362,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> st
             continue
         lines += [f"## {key.replace('_', ' ').capitalize()}", ""]
         lines += _section_table(section)
+        lines += figure(key)
 
     timings = metrics.get("timings", {})
     if timings:
@@ -348,8 +375,13 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> st
     if degraded:
         lines += ["## Degradations", ""]
         lines += _section_table(degraded)
-    if plots:
-        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    placed = {p for p in plots if FIGURE_SECTION.get(p) == "systems"
+              or (FIGURE_SECTION.get(p) == "funnel" and funnel)
+              or (FIGURE_SECTION.get(p) == "cut-offs" and bases)
+              or (FIGURE_SECTION.get(p) == "calibration" and metrics.get("calibration"))}
+    rest = [p for p in plots if p not in placed]
+    if rest:
+        lines += ["## Plots", ""] + [f"![{FIGURE_CAPTION.get(p, p)}]({p})" for p in rest] + [""]
     return "\n".join(lines)
 
 
@@ -487,13 +519,17 @@ def write_report(
     metrics = build_metrics(evals, data, cfg, ds, comparisons, baselines, split_stats, extra, backend, failed)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         plots = []
+        if plot_cis(metrics, tmp / "ci.png"):
+            plots.append("ci.png")
         if plot_metric_curves(metrics, tmp / "metric_at_k.png"):
             plots.append("metric_at_k.png")
+        if plot_funnel(metrics, tmp / "funnel.png"):
+            plots.append("funnel.png")
         if reliability:
             from offline_eval.calibration import reliability_diagram
 
             reliability_diagram(reliability, tmp / "reliability.png",
-                                title="Reliability of the heavy ranker's probabilities (test window)")
+                                title="Heavy ranker: reliability (test window)")
             plots.append("reliability.png")
         if export_run:
             exports: dict[str, Any] = {"qrels": "qrels.trec", "runs": {}}

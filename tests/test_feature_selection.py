@@ -53,7 +53,7 @@ def test_flags_useless_and_keeps_useful(result):
 
 
 def test_report_files(result, tmp_path):
-    out = write_report(result, tmp_path / "fs", extra={"note": "test"})
+    out = write_report(result, tmp_path / "fs", extra={"note": "test", "rows_window": "prerank"})
     md = (out / "report.md").read_text()
     row = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| ") and "`" in line}
     assert "keep" in row["`useful`"] and "drop?" in row["`useless`"]
@@ -64,7 +64,10 @@ def test_report_files(result, tmp_path):
     assert [r["feature"] for r in res["features"]][0] == "useful"
     with pytest.raises(OutputExistsError):
         write_report(result, tmp_path / "fs")
-    assert markdown(result) == md
+    assert markdown(result, extra={"rows_window": "prerank"}) == md and "- rows: window: `prerank`" in md
+    assert "![" in md and "](importance.png)" in md
+    page = (out / "report.html").read_text()
+    assert page.count('<img') == 1 and 'src="data:image/png;base64,' in page and "<td>keep</td>" in page
 
 
 def test_default_shuffle_picks_a_continuous_feature():
@@ -103,7 +106,9 @@ def test_cli_feature_selection_on_tiny_world(tmp_path):
     res = json.loads((tmp_path / "fs" / "results.json").read_text())
     assert res["seeds"] == [0, 1] and res["windows"]["prerank"] == "prerank"
     assert set(res["keep"]) | set(res["drop_candidates"]) == {r["feature"] for r in res["features"] if not r["random"]}
-    assert (tmp_path / "fs" / "report.md").is_file() and (tmp_path / "fs" / "importance.png").is_file()
+    for f in ("report.md", "importance.png", "report.html"):
+        assert (tmp_path / "fs" / f).is_file(), f
+    assert "- rows: window: `prerank`" in (tmp_path / "fs" / "report.md").read_text()
     assert main(args) == 2  # the output exists: refused without --overwrite
 
 

@@ -61,9 +61,12 @@ def tiny_report(tmp_path_factory):
 
 def test_report_files_and_metrics_json_contract(tiny_report):
     ds, cfg, out, metrics = tiny_report
-    for f in ("metrics.json", "report.md", "metric_at_k.png", "qrels.trec", "run.trec", "runs/staged.trec"):
+    for f in ("metrics.json", "report.md", "report.html", "metric_at_k.png", "ci.png", "funnel.png", "qrels.trec",
+              "run.trec", "runs/staged.trec"):
         assert (out / f).is_file(), f
-    assert (out / "metric_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for f in ("metric_at_k.png", "ci.png", "funnel.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    assert not (out / "reliability.png").exists()  # no reliability bins given
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["systems"] == metrics["systems"]  # floats round-trip exactly through JSON
     for key in ("dataset", "split", "n_users", "systems", "segments", "funnel", "comparisons", "calibration",
@@ -98,8 +101,15 @@ def test_report_markdown_has_the_tables(tiny_report):
     assert "| system | ndcg@10 | mrr@10 | map@10 | recall@10 | recall@100 |" in md
     assert "## Funnel" in md and "| staged | retrieve | 60 |" in md
     assert "## Calibration" in md and "| click | 0.0120 | 0.3100 |" in md
-    assert "## Comparisons" in md and "## Segments" in md and "![metric_at_k.png](metric_at_k.png)" in md
-    assert render_markdown(json.loads((out / "metrics.json").read_text()), ["metric_at_k.png"]) == md
+    assert "## Comparisons" in md and "## Segments" in md
+    # each figure inside the section it illustrates; no left-over "Plots" section
+    sections = {s.split("\n")[0]: s for s in md.split("\n## ")}
+    assert "](ci.png)" in sections["Systems"] and "](metric_at_k.png)" in sections["All metrics by cut-off"]
+    assert "](funnel.png)" in sections["Funnel"] and "Plots" not in sections
+    plots = ["ci.png", "metric_at_k.png", "funnel.png"]
+    assert render_markdown(json.loads((out / "metrics.json").read_text()), plots) == md
+    page = (out / "report.html").read_text()
+    assert page.count('<img') == 3 and page.count('src="data:image/png;base64,') == 3
 
 
 def test_exported_trec_files_parse_and_agree_with_pytrec_eval(tiny_report):
@@ -133,6 +143,11 @@ def test_existing_output_is_refused_unless_overwrite(tiny_report, tmp_path):
     m = run_evaluation(ds, small, target, baselines=["popularity"], overwrite=True)
     assert m["n_users"] == 5 and json.loads((target / "metrics.json").read_text())["n_users"] == 5
     assert not (target / "qrels.trec").exists()
+    # a baseline (no stages) and the oracle, no calibration: the report renders without a reliability diagram
+    assert set(m["funnel"]) == {"oracle"} and not m["calibration"]
+    assert {p.name for p in target.glob("*.png")} == {"ci.png", "metric_at_k.png", "funnel.png"}
+    assert "## Plots" not in (target / "report.md").read_text()
+    assert (target / "report.html").read_text().count("<img") == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
@@ -209,6 +224,42 @@ def test_evaluate_command_prints_the_table(tmp_path, capsys):
     assert 0 < m["systems"]["popularity"]["ndcg@10"] <= 1
     assert m["systems"]["popularity"]["recall@10"] == pytest.approx(1.0)
     assert (tmp_path / "rep" / "run.trec").is_file()
+    # no funnel (a baseline, no oracle) and no calibration: those figures are left out, the page still renders
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["ci.png", "metric_at_k.png"]
+    assert "No system reported stage candidates." in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "report.html").read_text().count("<img") == 2
     # a second run without --overwrite is a one-line user error (exit code 2), the report is kept
     assert main(["-q", *args]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def _metrics(**sections):
+    m = {"dataset": {"name": "toy", "path": None, "counts": {"interactions": 1, "users": 1, "items": 1}},
+         "split": "test", "n_users": 3, "systems": {"a": {"ndcg@10": 0.2}, "b": {"ndcg@10": 0.1}}}
+    return {**m, **sections}
+
+
+def test_figures_skip_missing_sections(tmp_path):
+    from offline_eval.figures import ci_metrics, plot_cis, plot_funnel
+
+    assert not plot_funnel(_metrics(), tmp_path / "f.png") and not (tmp_path / "f.png").exists()
+    assert not plot_funnel(_metrics(funnel={"a": {}}), tmp_path / "f.png")
+    assert not plot_cis(_metrics(), tmp_path / "c.png") and not (tmp_path / "c.png").exists()
+    nan = float("nan")
+    assert not plot_cis(_metrics(ci95={"a": {"ndcg@10": [nan, nan]}}), tmp_path / "c.png")
+    # one system with a CI is enough; a metric no system has a CI for gets no panel
+    m = _metrics(ci95={"a": {"ndcg@10": [0.1, 0.3], "recall@100": [nan, 0.5]}})
+    assert ci_metrics(m) == ["ndcg@10"]
+    assert plot_cis(m, tmp_path / "c.png") and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_funnel(_metrics(funnel={"a": {"retrieve": {"C": 60, "recall": 0.5}}}), tmp_path / "f.png")
+
+
+def test_figures_are_placed_in_their_sections_or_under_plots():
+    m = _metrics(ci95={}, funnel={})
+    md = render_markdown(m, ["ci.png", "reliability.png", "extra.png"])
+    head, plots = md.split("## Plots")
+    assert "](ci.png)" in head.split("## Funnel")[0]
+    # no calibration section to hold the reliability diagram: it goes to "Plots" with the unknown figure
+    assert "](reliability.png)" in plots and "![extra.png](extra.png)" in plots
+    md = render_markdown({**m, "calibration": {"click": {"ece": 0.01}}}, ["reliability.png"])
+    assert "## Plots" not in md and "](reliability.png)" in md.split("## Calibration")[1]

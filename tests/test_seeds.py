@@ -61,5 +61,26 @@ def test_seeds_command_on_the_tiny_world(tmp_path):
     assert eng[0] != eng[1]  # the seed reaches the stages: two different replicates
     assert res["systems"]["popularity"]["ndcg@10"]["std"] == 0.0  # a seed-free baseline does not move
     assert set(res["paired"]) == {"retrieval_only", "popularity", "oracle"}
-    assert (tmp_path / "s" / "report.md").read_text().startswith("# 2 seeds")
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert md.startswith("# 2 seeds") and md.count("\n# ") == 0  # one title, a section per metric
+    assert "## ndcg@10" in md and "](seeds.png)" in md and "](paired.png)" in md
+    assert "[seed1/report.html](seed1/report.html)" in md and (tmp_path / "s" / "seed1" / "report.html").is_file()
+    assert json.loads((tmp_path / "s" / "results.json").read_text()) == res
+    page = (tmp_path / "s" / "report.html").read_text()
+    assert page.count("<img") == 2 and page.count('src="data:image/png;base64,') == 2
     assert (tmp_path / "s" / "bundles" / "seed1" / "latest").exists()
+
+
+def test_report_without_paired_systems(tmp_path):
+    """No engine among the systems: no paired section or figure, the report still renders."""
+    from recsys.experiments.seeds import write_folder
+
+    per_seed = [{"a": {"ndcg@10": np.array([0.1, 0.3])}, "b": {"ndcg@10": np.array([0.2, 0.2 + s])}}
+                for s in (0.0, 0.1)]
+    result = {"seeds": [0, 1], "n_users": 2, "config": "x", "validation": False,
+              **summarize(per_seed, metrics=("ndcg@10",), n_samples=50)}
+    assert result["paired"] == {} and result["systems"]["b"]["ndcg@10"]["per_seed"] == [0.2, 0.25]
+    write_folder(tmp_path, result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md", "seeds.png"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| b | 0.2250 (0.0354) | 0.2000, 0.2500 | - | - |" in md and "## recall@100" not in md

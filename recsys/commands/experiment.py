@@ -6,11 +6,12 @@
                             [--baselines a,b] [--overwrite]
 
 ``seeds`` trains and evaluates N replicates of one config and reports each system's mean and spread across
-seeds and its difference to the engine paired over users and seeds (:mod:`recsys.experiments.seeds`).
+seeds and its difference to the engine paired over users and seeds (:mod:`recsys.experiments.seeds`): its
+folder holds ``results.json``, ``report.md``, ``seeds.png``, ``paired.png`` and ``report.html``.
 
 ``feature-selection`` runs random-bar feature selection for the pre-ranker
 (:mod:`recsys.experiments.feature_selection`) on the pre-ranker's window and writes ``report.md``,
-``importance.png`` and ``results.json``. It needs a retrieval stage for the candidates: the one of
+``importance.png``, ``results.json`` and ``report.html``. It needs a retrieval stage for the candidates: the one of
 ``--bundle`` (its manifest's config is then the default config; a split or dataset other than the bundle's is
 refused), or one trained here on the retrieval window (``retrieval`` section of the config). The rows are
 time-consistent: the two-tower that retrieves their candidates and scores them was trained only on earlier
@@ -80,7 +81,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
         baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     result = run_seeds(read_dataset(args.data), cfg, args.out, args.seeds, baselines, overwrite=args.overwrite)
     print(format_report(result))
-    print(f"report: {args.out / 'report.md'}")
+    print(f"report: {args.out / 'report.html'} ({args.out / 'report.md'}, {args.out / 'results.json'})")
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from offline_eval.html_report import write_html
 from recsys.features import FeatureKind
 from recsys.io import atomic_output_dir, write_json
 from recsys.prerank.stage import PrerankConfig, RankingData, split_groups, train_booster
@@ -200,10 +201,19 @@ def check_rows_after(names: Sequence[str], trained_on: Sequence[str], rows_windo
 # ------------------------------------------------------------------------------------------------------------
 
 
-def markdown(res: FeatureSelectionResult, title: str = "Random-bar feature selection (pre-ranker)") -> str:
+#: run facts of ``results.json`` listed at the top of the report, with their labels
+SETUP = (("data", "dataset"), ("bundle", "bundle"), ("rows_window", "rows: window"), ("rows", "rows"),
+         ("groups", "query groups"), ("retrieval_trained_on", "two-tower trained on windows"))
+
+
+def markdown(res: FeatureSelectionResult, title: str = "Random-bar feature selection (pre-ranker)",
+             extra: dict | None = None) -> str:
+    """``report.md``: the run's setup (the :data:`SETUP` keys of ``extra`` present), the features table by
+    mean gain share, the drop candidates and the importance figure (``importance.png``)."""
     bar = res.bar
+    setup = [f"- {label}: `{extra[key]}`" for key, label in SETUP if (extra or {}).get(key) is not None]
     lines = [
-        f"# {title}", "",
+        f"# {title}", "", *setup, *([""] if setup else []),
         f"Seeds: {', '.join(map(str, res.seeds))} (best iterations {', '.join(map(str, res.best_iterations))}). "
         f"Importance: share of the model's total split gain, mean over seeds. Random bar (best random feature's "
         f"mean share): **{bar:.4f}**.", "",
@@ -215,7 +225,8 @@ def markdown(res: FeatureSelectionResult, title: str = "Random-bar feature selec
         name = f"*{r['feature']}*" if r["random"] else f"`{r['feature']}`"
         lines.append(f"| {i} | {name} | {r['kind']} | {r['mean_gain_share']:.4f} | {r['std_gain_share']:.4f} | "
                      f"{ratio} | {r['beats_random_in_seeds']}/{len(res.seeds)} | {r['verdict']} |")
-    lines += ["", f"Candidates to drop (not above the bar): {', '.join(f'`{n}`' for n in res.drop) or 'none'}.", ""]
+    lines += ["", f"Candidates to drop (not above the bar): {', '.join(f'`{n}`' for n in res.drop) or 'none'}.", "",
+              "![gain share of each feature against the random bar](importance.png)", ""]
     return "\n".join(lines)
 
 
@@ -242,15 +253,18 @@ def plot(res: FeatureSelectionResult, path: Path) -> None:
 
 def write_report(res: FeatureSelectionResult, out: str | Path, overwrite: bool = False,
                  extra: dict | None = None) -> Path:
-    """Write ``report.md``, ``importance.png`` and ``results.json`` into ``out`` (atomically)."""
+    """Write ``report.md``, ``importance.png``, ``results.json`` and ``report.html`` (report.md with the figure
+    inlined) into ``out`` (atomically); ``extra``: more ``results.json`` entries (its :data:`SETUP` keys are
+    also listed in the report)."""
     out = Path(out)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "report.md").write_text(markdown(res), encoding="utf-8")
+        (tmp / "report.md").write_text(markdown(res, extra=extra), encoding="utf-8")
         plot(res, tmp / "importance.png")
         write_json(tmp / "results.json", {**res.to_json(), **(extra or {})})
+        write_html(tmp)
     logger.info("wrote feature selection report to %s", out)
     return out
 
 
-__all__ = ["FeatureSelectionResult", "bundle_retrieval_windows", "check_rows_after", "default_shuffle", "markdown",
+__all__ = ["SETUP", "FeatureSelectionResult", "bundle_retrieval_windows", "check_rows_after", "default_shuffle", "markdown",
            "plot", "random_bar", "random_columns", "write_report"]

@@ -14,6 +14,12 @@ the bundle and the configured baselines on the same users, and reports:
   data), and ``holds``: every seed's difference has the sign of the mean and the interval excludes 0.
 
 Shapes: S seeds, B users.
+
+The report folder holds ``results.json`` (also written as ``seeds.json``, its earlier name), ``report.md``
+with one section per metric, ``seeds.png`` (each system's per-seed values and mean +- sd across seeds),
+``paired.png`` (engine minus system: per-seed differences and the two-level interval), ``report.html`` (the
+page people read, figures inlined), and per seed ``seed<s>/`` (that seed's evaluation report) and
+``bundles/seed<s>``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import numpy as np
 from offline_eval.compare import two_level_bootstrap
 from recsys.config import Config
 from recsys.data.schema import Dataset
+from offline_eval.figures import pyplot, save, system_colors
+from offline_eval.html_report import write_html
 from recsys.io import atomic_output_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -73,7 +81,8 @@ def summarize(per_seed: list[dict], metrics=DEFAULT_METRICS, reference: str = "e
 def run_seeds(ds: Dataset, cfg: Config, out: str | Path, seeds: int, baselines=None, overwrite: bool = False,
               metrics=DEFAULT_METRICS) -> dict:
     """Train and evaluate ``seeds`` replicates of ``cfg`` under ``out`` (``bundles/seed<s>``, ``seed<s>/`` the
-    per-seed reports), then write ``seeds.json`` and ``report.md`` (the whole folder atomically)."""
+    per-seed reports), then write ``results.json`` (and ``seeds.json``), ``report.md``, the figures and
+    ``report.html`` (the whole folder atomically; see the module docstring)."""
     from offline_eval.evaluator import run_evaluation
     from recsys.training import load_systems, train_engine
 
@@ -96,17 +105,105 @@ def run_seeds(ds: Dataset, cfg: Config, out: str | Path, seeds: int, baselines=N
             per_seed.append({n: {m: ev.per_user[m] for m in metrics if m in ev.per_user} for n, ev in evals.items()})
         result = {"seeds": list(range(seeds)), "n_users": len(users), "config": cfg.name,
                   "validation": bool(cfg.split.validation), **summarize(per_seed, metrics)}
+        write_json(tmp / "results.json", result)
         write_json(tmp / "seeds.json", result)
-        text = "\n".join(format_report(result, m) for m in metrics if any(m in v for v in result["systems"].values()))
-        (tmp / "report.md").write_text(text, encoding="utf-8")
+        write_folder(tmp, result, metrics)
     return result
+
+
+def reported_metrics(result: dict, metrics=DEFAULT_METRICS) -> list[str]:
+    """The metrics of ``metrics`` some system of ``result`` has."""
+    return [m for m in metrics if any(m in v for v in result["systems"].values())]
+
+
+def write_folder(folder: Path, result: dict, metrics=DEFAULT_METRICS) -> None:
+    """``report.md``, ``seeds.png``, ``paired.png`` (when a system is paired with the engine) and
+    ``report.html`` of ``result`` into ``folder``."""
+    cols = reported_metrics(result, metrics)
+    plots = []
+    if plot_seeds(result, cols, folder / "seeds.png"):
+        plots.append(("seeds.png", "each system's value per seed (dots) and mean +- sd across seeds (bar)"))
+    if plot_paired(result, cols, folder / "paired.png"):
+        plots.append(("paired.png", "engine minus system: per-seed differences (dots) and the 95% interval over "
+                                    "seeds and users (bar)"))
+    (folder / "report.md").write_text(markdown(result, cols, plots), encoding="utf-8")
+    write_html(folder)
+
+
+def markdown(result: dict, metrics=DEFAULT_METRICS, plots=()) -> str:
+    """``report.md``: one table per metric (:func:`format_report`'s), the figures ``plots`` ((file, caption)
+    pairs) and links to the per-seed evaluation reports."""
+    lines = [_title(result), "",
+             f"- config: `{result.get('config')}`; seeds {', '.join(map(str, result['seeds']))}; each seed trains "
+             "the bundle and evaluates every system on the same users", "",
+             "Engine minus system: the mean paired difference over seeds and users, with a two-level bootstrap "
+             "interval (seeds, then users); *holds*: every seed's difference has the mean's sign and the interval "
+             "excludes 0.", ""]
+    for m in metrics:
+        lines += [f"## {m}", "", *_table(result, m), ""]
+    if plots:
+        lines += ["## Figures", ""] + [f"![{cap}]({f})\n" for f, cap in plots]
+    lines += ["## Per-seed reports", "",
+              *(f"- seed {s}: [seed{s}/report.html](seed{s}/report.html)" for s in result["seeds"]), ""]
+    return "\n".join(lines)
+
+
+def _systems_by(result: dict, metric: str) -> list[str]:
+    systems = result["systems"]
+    return sorted((n for n in systems if metric in systems[n]), key=lambda n: -systems[n][metric]["mean"])
+
+
+def plot_seeds(result: dict, metrics, path: Path) -> bool:
+    """One panel per metric: each system's per-seed values (dots) and its mean +- sd across seeds (bar)."""
+    return _forest(result, metrics, path, "systems", "mean over seeds +- sd (per-seed dots)")
+
+
+def plot_paired(result: dict, metrics, path: Path) -> bool:
+    """One panel per metric: engine minus each system, per seed (dots), mean and 95% two-level CI (bar)."""
+    return _forest(result, metrics, path, "paired", "engine minus system: 95% CI over seeds x users", zero=True)
+
+
+def _forest(result: dict, metrics, path: Path, section: str, title: str, zero: bool = False) -> bool:
+    cols = [m for m in metrics if any(m in v for v in result[section].values())]
+    if not cols:
+        return False
+    plt = pyplot()
+    colors = system_colors(result)
+    rows = max(sum(m in v for v in result[section].values()) for m in cols)
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols) + 1.4, 0.5 * rows + 1.5), squeeze=False)
+    for ax, m in zip(axes[0], cols):
+        order = [n for n in _systems_by(result, m) if m in result[section].get(n, {})][::-1]
+        for y, n in enumerate(order):
+            r = result[section][n][m]
+            centre = r["mean"] if section == "systems" else r["diff"]
+            lo, hi = (centre - r["std"], centre + r["std"]) if section == "systems" else (r["ci_low"], r["ci_high"])
+            ax.plot([lo, hi], [y, y], color=colors[n], linewidth=2.5, solid_capstyle="butt")
+            ax.plot([centre], [y], "o", color=colors[n], markersize=7)
+            ax.plot(r["per_seed"], np.full(len(r["per_seed"]), y + 0.22), ".", color=colors[n], alpha=0.7)
+        if zero:
+            ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(order)), order)
+        ax.set_ylim(-0.6, len(order) - 0.2)
+        ax.set_title(m)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"{len(result['seeds'])} seeds, {result['n_users']} users: {title}")
+    save(fig, path)
+    return True
 
 
 def format_report(result: dict, metric: str = "ndcg@10") -> str:
     """Markdown: systems by mean ``metric`` over seeds, with the paired difference against the engine."""
+    return "\n".join([_title(result), "", *_table(result, metric)]) + "\n"
+
+
+def _title(result: dict) -> str:
     window = "validation" if result.get("validation") else "test"
-    lines = [f"# {len(result['seeds'])} seeds, {result['n_users']} users ({window} window)", "",
-             f"| system | {metric} mean over seeds (sd) | per seed | engine minus system [95% CI, seeds x users] "
+    return f"# {len(result['seeds'])} seeds, {result['n_users']} users ({window} window)"
+
+
+def _table(result: dict, metric: str) -> list[str]:
+    """Markdown table lines: systems by mean ``metric`` over seeds, with the paired difference to the engine."""
+    lines = [f"| system | {metric} mean over seeds (sd) | per seed | engine minus system [95% CI, seeds x users] "
              f"| holds across seeds |", "|---|---|---|---|---|"]
     systems = result["systems"]
     order = sorted(systems, key=lambda n: -systems[n].get(metric, {"mean": -1})["mean"])
@@ -119,7 +216,8 @@ def format_report(result: dict, metric: str = "ndcg@10") -> str:
         holds = "-" if p is None else ("yes" if p["holds"] else "no")
         lines.append(f"| {n} | {s['mean']:.4f} ({s['std']:.4f}) | {', '.join(f'{v:.4f}' for v in s['per_seed'])} "
                      f"| {diff} | {holds} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-__all__ = ["format_report", "run_seeds", "summarize", "two_level_bootstrap"]
+__all__ = ["format_report", "markdown", "plot_paired", "plot_seeds", "reported_metrics", "run_seeds", "summarize",
+           "two_level_bootstrap", "write_folder"]
