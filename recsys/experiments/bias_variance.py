@@ -439,6 +439,10 @@ def summarize(run: StageRun, popularity: np.ndarray, n_bins: int) -> dict:
             "terms": terms, "by_popularity": bins, "seconds": run.seconds, "refits": run.refits, "notes": run.notes}
 
 
+def _range(b: dict) -> str:
+    return f"{b['key_min']:.0f}" if b["key_min"] == b["key_max"] else f"{b['key_min']:.0f}-{b['key_max']:.0f}"
+
+
 def _f(v) -> str:
     return "-" if v is None or v != v else f"{v:.6f}"
 
@@ -484,7 +488,7 @@ def markdown(results: list[dict], meta: dict) -> str:
                   + "variance |", "|---:|---|---:|---:|" + ("---:|---:|" if truth else "---:|") + "---:|"]
         for b in r["by_popularity"]:
             mid = f"{_f(b['bias2'])} | {_f(b['noise_expected'])}" if truth else _f(b["mse_of_mean"])
-            lines.append(f"| {b['bin']} | {b['key_min']:.0f}-{b['key_max']:.0f} | {b['n']} | {_f(b['mse'])} | {mid} | "
+            lines.append(f"| {b['bin']} | {_range(b)} | {b['n']} | {_f(b['mse'])} | {mid} | "
                          f"{_f(b['variance'])} |")
         lines += ["", f"![bias-variance terms by item popularity ({r['stage']})](popularity_{r['stage']}.png)", ""]
     lines += ["![bias-variance terms per stage](terms.png)", ""]
@@ -497,23 +501,26 @@ def _plots(results: list[dict], tmp: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(results), 4))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.8 * len(results)))
     colors = {"bias²": "tab:red", "bias² + noise": "tab:purple", "variance": "tab:blue", "noise": "tab:gray"}
-    for x, r in enumerate(results):
+    for y, r in enumerate(results):
         t = r["terms"]
         parts = ([("bias²", t["bias2"]), ("variance", t["variance"]), ("noise", t["noise_expected"])]
                  if "bias2" in t else [("bias² + noise", t["mse_of_mean"]), ("variance", t["variance"])])
-        bottom = 0.0
-        for label, v in parts:
-            ax.bar(x, v, bottom=bottom, color=colors[label], label=label if label not in
-                   ax.get_legend_handles_labels()[1] else None)
-            bottom += v
-        ax.plot([x - 0.4, x + 0.4], [t["mse"], t["mse"]], color="black", linewidth=1.5,
-                label="measured MSE" if x == 0 else None)
-    ax.set_xticks(range(len(results)), [f"{r['stage']}\n{r['target']}" for r in results], fontsize=8)
-    ax.set_ylabel("mean over test rows")
-    ax.set_title("Bias-variance decomposition")
-    ax.legend(fontsize=8)
+        total, left = sum(v for _, v in parts), 0.0
+        for label, v in parts:  # shares of the sum (= the MSE up to the test labels' sampling error)
+            share = 100.0 * v / total if total > 0 else 0.0
+            ax.barh(y, share, left=left, color=colors[label],
+                    label=label if label not in ax.get_legend_handles_labels()[1] else None)
+            if share >= 4:
+                ax.text(left + share / 2, y, f"{share:.1f}%", ha="center", va="center", fontsize=7, color="white")
+            left += share
+        ax.text(101, y, f"MSE {t['mse']:.4g}", va="center", fontsize=8)
+    ax.set_yticks(range(len(results)), [f"{r['stage']}: {r['target']}" for r in results], fontsize=8)
+    ax.set_xlim(0, 125)
+    ax.set_xlabel("share of the MSE (%)")
+    ax.set_title("Bias-variance decomposition (mean over the test rows)", pad=24)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.45, 1.0), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(tmp / "terms.png", dpi=100)
     plt.close(fig)
@@ -528,7 +535,7 @@ def _plots(results: list[dict], tmp: Path) -> None:
         else:
             ax.plot(x, [b["mse_of_mean"] for b in bins], "o-", color="tab:purple", label="bias² + noise")
         ax.plot(x, [b["variance"] for b in bins], "o-", color="tab:blue", label="variance")
-        ax.set_xticks(x, [f"{b['key_min']:.0f}-{b['key_max']:.0f}" for b in bins], fontsize=7, rotation=45)
+        ax.set_xticks(x, [_range(b) for b in bins], fontsize=7, rotation=45)
         ax.set_xlabel("item engagements before the test window (quantile bins)")
         ax.set_yscale("log")
         ax.set_title(f"{r['stage']}: terms by item popularity")
