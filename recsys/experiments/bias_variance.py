@@ -115,13 +115,23 @@ def platt_fit(score: np.ndarray, y: np.ndarray, iters: int = 100, l2: float = 1e
     mu, sd = s.mean(), s.std() or 1.0
     X = np.c_[(s - mu) / sd, np.ones(len(s))]
     w = np.array([0.0, np.log(t.mean() / (1 - t.mean()))])
-    for _ in range(iters):
-        q = 1.0 / (1.0 + np.exp(-(X @ w)))
+    def loss(w):  # cross-entropy against the targets + ridge, computed without overflow
+        z = X @ w
+        return float((np.logaddexp(0.0, z) - t * z).sum() + 0.5 * l2 * w @ w)
+
+    cur = loss(w)
+    for _ in range(iters):  # Newton's method with step halving (the loss is convex)
+        q = np.exp(-np.logaddexp(0.0, -(X @ w)))
         g = X.T @ (q - t) + l2 * w
         H = (X * (q * (1 - q))[:, None]).T @ X + l2 * np.eye(2)
         step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-10:
+        for _ in range(30):
+            new = loss(w - step)
+            if new <= cur:
+                break
+            step = step / 2
+        w, done, cur = w - step, cur - new < 1e-12 * max(abs(cur), 1.0), new
+        if done or np.abs(step).max() < 1e-10:
             break
     return float(w[0] / sd), float(w[1] - w[0] * mu / sd)
 
@@ -311,8 +321,10 @@ def run_prerank(st: Setting, bv: BiasVarianceConfig) -> StageRun:
     name, _, k = st.cfg.engine.stages[i]
     pcfg = st.cfg.prerank
     w, wt = st.windows[name], st.windows["test"]
+    # every user of the window (the stage drops the groups without a positive after its holdout split, so the
+    # bootstrap resamples the window's users and each refit drops them as the stage does)
     train = build_ranking_data(st.ds, st.catalog, st.upstream(i, w), st.contexts(w).get(pcfg), st.split[w],
-                               st.split.before(w), pcfg)
+                               st.split.before(w), pcfg, all_users=True)
     test_cfg = _test_users_cfg(pcfg, bv.max_test_users)
     test = build_ranking_data(st.ds, st.catalog, st.upstream(i, wt), st.contexts(wt).get(pcfg), st.split[wt],
                               st.split.before(wt), test_cfg, names=train.names, all_users=True)
@@ -320,9 +332,11 @@ def run_prerank(st: Setting, bv: BiasVarianceConfig) -> StageRun:
     label = st.ds.schema.positive_label
     gains = list(pcfg.gains) or [label]
     notes = [f"target: P(gain > 0) (engaged with any of {gains}) = Platt calibration of each refit's lambdarank "
-             "score on its own early-stopping holdout users"]
+             "score on its own early-stopping holdout users (all their rows, also of users without a positive)"]
     yt = (test.y > 0).astype(np.int8)
     at = pcfg.objective_at or k or pcfg.eval_at
+    has_pos = np.bincount(np.repeat(np.arange(len(train.group)), train.group), weights=train.y > 0,
+                          minlength=len(train.group)) > 0
     preds, refits = [], []
     G = len(train.group)
     for m in range(bv.resamples):
@@ -332,13 +346,17 @@ def run_prerank(st: Setting, bv: BiasVarianceConfig) -> StageRun:
         users, inverse = np.unique(train.user_ids[idx], return_inverse=True)
         _, va_users = split_groups(len(users), pcfg.valid_fraction, seed)
         is_valid = np.isin(inverse, va_users)
-        tr, va = train.take_groups(idx[~is_valid]), train.take_groups(idx[is_valid], drop_extra=True)
+        pos = has_pos[idx]
+        tr = train.take_groups(idx[~is_valid & pos])
+        va = train.take_groups(idx[is_valid & pos], drop_extra=True)
         booster, info = train_booster(tr, va, pcfg, seed=seed, at=at)
-        cal = va if len(va.group) else tr
+        cal = train.take_groups(idx[is_valid], drop_extra=True) if is_valid.any() else tr
+        if not (cal.y > 0).any():
+            cal = tr
         a, b = platt_fit(booster.predict(cal.X, num_threads=pcfg.num_threads), cal.y > 0)
         preds.append(platt(booster.predict(test.X, num_threads=pcfg.num_threads), a, b))
-        refits.append({"refit": m, "seed": seed, "distinct_requests": int(len(users)), "train_requests":
-                       int(len(tr.group)), "valid_requests": int(len(va.group)),
+        refits.append({"refit": m, "seed": seed, "distinct_users": int(len(users)), "train_requests":
+                       int(len(tr.group)), "valid_requests": int(len(va.group)), "calibration_rows": int(len(cal.y)),
                        "best_iteration": info["best_iteration"], "platt_a": a, "platt_b": b,
                        "seconds": time.perf_counter() - t1})
         logger.info("pre-ranker refit %d/%d: %s", m + 1, bv.resamples, refits[-1])
@@ -350,7 +368,8 @@ def run_prerank(st: Setting, bv: BiasVarianceConfig) -> StageRun:
         notes.append(f"truth: {col!r}, P(engaged in the test window | its logged impressions); 0 for a "
                      "candidate never shown")
     return StageRun("prerank", f"P({' or '.join(gains)})", np.stack(preds), yt,
-                    truth, test.item, w, wt, G, int(len(train.y)), int(len(test.group)), seconds, refits, notes)
+                    truth, test.item, w, wt, int(has_pos.sum()), int(train.group[has_pos].sum()), int(len(test.group)),
+                    seconds, refits, notes)
 
 
 def take_requests(rows, idx: np.ndarray):
