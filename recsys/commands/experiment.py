@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 MODULES: tuple[str, ...] = (
     "compare",
     "frontier",
+    "bias_variance",
 )
 
 
@@ -108,10 +109,9 @@ def _section(cfg, name: str, default_factory):
 
 def cmd_feature_selection(args: argparse.Namespace) -> int:
     from recsys.configlib import to_dict
-    from recsys.data.catalog import Catalog
     from recsys.data.schema import read_dataset
     from recsys.data.split import split_dataset
-    from recsys.experiments.feature_selection import bundle_retrieval_windows, check_rows_after, random_bar
+    from recsys.experiments.feature_selection import candidate_stage, random_bar
     from recsys.experiments.feature_selection import write_report
     from recsys.features import FeatureContext
     from recsys.io import OutputExistsError
@@ -134,25 +134,8 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
     ds = read_dataset(args.data)
     split = split_dataset(ds, cfg.split)
     windows = stage_windows(split)
-    trained_on = [windows["retrieval"]]
-    if bundle is not None:
-        trained_on = bundle_retrieval_windows(bundle.manifest, split.names, windows)
-        check_rows_after(split.names, trained_on, windows["prerank"], str(args.bundle))
-        from recsys.training import load_engine
-
-        engine = load_engine(args.bundle)
-        retrieval, catalog = engine.retrieval, engine.catalog
-        if catalog is None:
-            raise ValueError(f"{args.bundle}: the bundle's engine has no catalogue")
-    else:
-        from recsys.retrieval.stage import RetrievalConfig, RetrievalStage
-
-        from recsys.stages.base import FitContext
-
-        catalog = Catalog.from_dataset(ds, train=split[windows["retrieval"]])
-        retrieval = RetrievalStage(_section(cfg, "retrieval", RetrievalConfig)).fit(FitContext(
-            ds, catalog, split, windows["retrieval"], split.before(windows["retrieval"]),
-            valid=split[windows["retrieval_valid"]]))
+    retrieval, catalog, trained_on, _ = candidate_stage(ds, cfg, split, windows, windows["prerank"], bundle,
+                                                        str(args.bundle))
     from recsys.engine import Engine
 
     upstream = Engine(retrieval, [], cfg.engine.retrieve_k, catalog=catalog)  # the pool the pre-ranker is served

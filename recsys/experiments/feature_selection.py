@@ -196,6 +196,42 @@ def check_rows_after(names: Sequence[str], trained_on: Sequence[str], rows_windo
         )
 
 
+def candidate_stage(ds, cfg, split, windows: dict[str, str], rows_window: str, bundle=None, source: str = ""):
+    """The candidate (retrieval) stage and catalogue that serve rows built on ``rows_window`` (and later windows)
+    without having seen their labels: the bundle's (its engine loaded; refused by :func:`check_rows_after` when
+    its two-tower was trained on ``rows_window`` or later), or, with no bundle, one trained here on the
+    retrieval window (``retrieval`` section of ``cfg``; early stopping on the next window).
+
+    Returns (retrieval stage, catalogue, windows it was trained on, the bundle's engine or None)."""
+    from recsys.data.catalog import Catalog
+    from recsys.windows import RETRIEVAL
+
+    if bundle is not None:
+        from recsys.training import load_system
+
+        trained_on = bundle_retrieval_windows(bundle.manifest, split.names, windows)
+        check_rows_after(split.names, trained_on, rows_window, source)
+        engine = load_system(bundle, "engine")
+        if engine.catalog is None:
+            raise ValueError(f"{source}: the bundle's engine has no catalogue")
+        return engine.retrieval, engine.catalog, trained_on, engine
+    from recsys.retrieval.stage import RetrievalConfig, RetrievalStage
+    from recsys.stages.base import FitContext
+
+    if getattr(getattr(cfg, "retrieval", None), "refit", False):
+        logger.warning("retrieval.refit is not applied here: the rows of every window are served by the two-tower "
+                       "trained on the retrieval window %r only", windows[RETRIEVAL])
+    catalog = Catalog.from_dataset(ds, train=split[windows[RETRIEVAL]])
+    rcfg = getattr(cfg, "retrieval", None)
+    if rcfg is None:
+        logger.warning("the config has no 'retrieval' section; using its defaults")
+        rcfg = RetrievalConfig()
+    retrieval = RetrievalStage(rcfg).fit(FitContext(
+        ds, catalog, split, windows[RETRIEVAL], split.before(windows[RETRIEVAL]),
+        valid=split[windows["retrieval_valid"]]))
+    return retrieval, catalog, [windows[RETRIEVAL]], None
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------------------
@@ -266,5 +302,5 @@ def write_report(res: FeatureSelectionResult, out: str | Path, overwrite: bool =
     return out
 
 
-__all__ = ["SETUP", "FeatureSelectionResult", "bundle_retrieval_windows", "check_rows_after", "default_shuffle", "markdown",
+__all__ = ["SETUP", "FeatureSelectionResult", "bundle_retrieval_windows", "candidate_stage", "check_rows_after", "default_shuffle", "markdown",
            "plot", "random_bar", "random_columns", "write_report"]

@@ -159,6 +159,7 @@ class RankingData:
     position   (R,) int64 column of the candidate in the retrieval list (the input order)
     extra      (R,) bool an impression negative appended after the retrieval candidates
     label_gain (L,) float64 gain of each relevance level
+    item       (R,) int64 catalogue index of each row's candidate (None on data built before it was recorded)
     """
 
     X: np.ndarray
@@ -170,6 +171,7 @@ class RankingData:
     names: list[str]
     kinds: list[FeatureKind]
     label_gain: list[float]
+    item: np.ndarray | None = None
 
     @property
     def offsets(self) -> np.ndarray:
@@ -187,7 +189,8 @@ class RankingData:
             rows, row_group = rows[keep], row_group[keep]
         new_group = np.bincount(row_group, minlength=len(groups)).astype(np.int64)
         return RankingData(self.X[rows], self.y[rows], new_group, self.user_ids[groups], self.position[rows],
-                           self.extra[rows], list(self.names), list(self.kinds), list(self.label_gain))
+                           self.extra[rows], list(self.names), list(self.kinds), list(self.label_gain),
+                           None if self.item is None else self.item[rows])
 
     def with_columns(self, extra_X: np.ndarray, names: list[str], kinds: list[FeatureKind]) -> "RankingData":
         """The same rows with columns appended (e.g. random features for feature selection)."""
@@ -204,8 +207,9 @@ def concat_ranking_data(parts: list[RankingData]) -> RankingData:
         if p.names != first.names or p.label_gain != first.label_gain:
             raise ValueError(f"concat_ranking_data: parts differ in columns or gains ({first.names} vs {p.names})")
     cat = lambda f: np.concatenate([getattr(p, f) for p in parts])  # noqa: E731
+    item = None if any(p.item is None for p in parts) else cat("item")
     return RankingData(cat("X"), cat("y"), cat("group"), cat("user_ids"), cat("position"), cat("extra"),
-                       list(first.names), list(first.kinds), list(first.label_gain))
+                       list(first.names), list(first.kinds), list(first.label_gain), item)
 
 
 def _gains(ds: Dataset, cfg: PrerankConfig) -> dict[str, float]:
@@ -259,8 +263,13 @@ def build_ranking_data(
     cfg: PrerankConfig,
     names: list[str] | None = None,
     extra_users: np.ndarray | None = None,
+    all_users: bool = False,
 ) -> RankingData:
     """The query-grouped training rows of ``window_df`` (see the module docstring).
+
+    ``all_users``: evaluation rows not selected on their labels: one request per user with any event in the
+    window (not only users with an engagement), groups without a positive kept (``cfg.max_train_users``
+    still samples the users).
 
     ``upstream`` is the :class:`recsys.engine.Engine` that serves the stage (``candidates(requests)``);
     ``past_df`` the interactions before the window (engagements are taken from it). ``extra_users``: the
@@ -294,7 +303,8 @@ def build_ranking_data(
     keep = (pi < n) & (g > 0)
     pos_users = pd.unique(pos[ucol].to_numpy()[keep])
     first = win.drop_duplicates(ucol, keep="first")
-    first = first[first[ucol].isin(pos_users)]
+    if not all_users:
+        first = first[first[ucol].isin(pos_users)]
     if cfg.max_train_users and len(first) > cfg.max_train_users:
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(first), cfg.max_train_users, replace=False))
         first = first.iloc[pick]
@@ -330,7 +340,7 @@ def build_ranking_data(
         ikeys = ikeys[~np.isin(ikeys, gkeys) & ~np.isin(ikeys, hkeys)]  # shown, not engaged, not seen before
         extra_rows = (ikeys // (n + 1), ikeys % (n + 1))
 
-    Xs, ys, groups, positions, extras = [], [], [], [], []
+    Xs, ys, groups, positions, extras, row_items = [], [], [], [], [], []
     for start in range(0, len(requests), _CHUNK):
         rows = np.arange(start, min(start + _CHUNK, len(requests)))
         req = requests.take(rows)
@@ -358,16 +368,18 @@ def build_ranking_data(
         col = np.broadcast_to(np.arange(items.shape[1]), items.shape)
         positions.append(col[valid])
         extras.append((col >= n_ret)[valid])
+        row_items.append(items[valid])
     group = np.concatenate(groups).astype(np.int64)
     data = RankingData(np.concatenate(Xs), np.concatenate(ys).astype(np.int32), group, user_ids,
-                       np.concatenate(positions).astype(np.int64), np.concatenate(extras), names, kinds, label_gain)
+                       np.concatenate(positions).astype(np.int64), np.concatenate(extras), names, kinds, label_gain,
+                       np.concatenate(row_items).astype(np.int64))
     has_pos = np.bincount(np.repeat(np.arange(len(group)), group), weights=data.y > 0, minlength=len(group)) > 0
     logger.info(
         "pre-ranker data: %d users, %d with a positive among the candidates (recall of the window's users), "
         "%d rows (%d impression negatives), %d features",
         len(group), int(has_pos.sum()), len(data.y), int(data.extra.sum()), len(names),
     )
-    return data.take_groups(np.flatnonzero(has_pos))
+    return data if all_users else data.take_groups(np.flatnonzero(has_pos))
 
 
 # ------------------------------------------------------------------------------------------------------------

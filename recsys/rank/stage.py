@@ -773,6 +773,27 @@ def level_offsets(
 # ------------------------------------------------------------------------------------------------------------
 
 
+def row_spec(ds: Dataset, ctx: FeatureContext, upstream, cfg: RankConfig) -> tuple[list[str], list[str], RankConfig]:
+    """(tasks, feature names, row config) of the heavy ranker's rows for ``cfg`` served by ``upstream``: the
+    tasks checked against the dataset, ``cfg.features`` or :func:`default_features` (the upstream's pre-ranker
+    score only when it has one), and the config :func:`build_rank_rows` builds them with (``examples: both``
+    with the exposure head). Raises on a config the dataset cannot train."""
+    tasks = resolve_tasks(ds, cfg.tasks)
+    prerank = next((s for s, _ in upstream.stages if s.name == "prerank"), None)
+    names = list(cfg.features) or default_features(ctx, prerank is not None)
+    embedded_features(names, ctx, ds)  # checks the names (ValueError listing the available ones)
+    if cfg.train.task_weights and len(cfg.train.task_weights) != len(tasks):
+        raise ConfigError(f"rank.train.task_weights: need one weight per task {tasks}, got "
+                          f"{list(cfg.train.task_weights)}")
+    if cfg.exposure and not ds.schema.has_impressions:
+        raise ConfigError("rank.exposure: the exposure head learns which candidates the logging policy "
+                          "showed, so it needs a dataset with impressions (dataset.yaml has_impressions: "
+                          "true); set rank.exposure: false")
+    if EXPOSURE in tasks:
+        raise ValueError(f"rank.tasks: the dataset label {EXPOSURE!r} clashes with the exposure head's name")
+    return tasks, names, dataclasses.replace(cfg, examples=Examples.BOTH) if cfg.exposure else cfg
+
+
 class RankStage:
     """The heavy ranker as a :class:`recsys.engine.ScoringStage` (``name`` = "rank")."""
 
@@ -824,22 +845,20 @@ class RankStage:
                                  "the config, so training on another one would skew the features")
         upstream, ctx, _, _ = cuts[-1]
         window_df = pd.concat([w for _, _, w, _ in cuts], ignore_index=True) if len(cuts) > 1 else cuts[0][2]
-        tasks = resolve_tasks(ds, cfg.tasks)
-        prerank = next((s for s, _ in upstream.stages if s.name == "prerank"), None)
-        names = list(cfg.features) or default_features(ctx, prerank is not None)
-        embedded = embedded_features(names, ctx, ds)  # also checks the names (ValueError listing available ones)
-        if cfg.train.task_weights and len(cfg.train.task_weights) != len(tasks):
-            raise ConfigError(f"rank.train.task_weights: need one weight per task {tasks}, got "
-                              f"{list(cfg.train.task_weights)}")
-        if cfg.exposure and not ds.schema.has_impressions:
-            raise ConfigError("rank.exposure: the exposure head learns which candidates the logging policy "
-                              "showed, so it needs a dataset with impressions (dataset.yaml has_impressions: "
-                              "true); set rank.exposure: false")
-        if EXPOSURE in tasks:
-            raise ValueError(f"rank.tasks: the dataset label {EXPOSURE!r} clashes with the exposure head's name")
-        row_cfg = dataclasses.replace(cfg, examples=Examples.BOTH) if cfg.exposure else cfg
+        tasks, names, row_cfg = row_spec(ds, ctx, upstream, cfg)
         rows = RankRows.concat([build_rank_rows(ds, catalog, up, c, w, past, row_cfg, tasks, names)
                                 for up, c, w, past in cuts])
+        prerank = next((s for s, _ in upstream.stages if s.name == "prerank"), None)
+        return self.fit_rows(ds, catalog, rows, ctx, cfg, window_df, prerank=prerank, cut_points=len(cuts))
+
+    def fit_rows(self, ds: Dataset, catalog: Catalog, rows: RankRows, ctx: FeatureContext, cfg: RankConfig,
+                 window_df: pd.DataFrame, prerank=None, cut_points: int = 1) -> "RankStage":
+        """Train on rows already built by :func:`build_rank_rows` with :func:`row_spec`'s tasks, features and row
+        config (e.g. a bootstrap resample of them); ``ctx`` is kept as the stage's feature context,
+        ``window_df`` gives the ESMM parents, ``prerank`` (the upstream pre-ranker, or None) only a validation
+        metric (it needs the rows' candidate blocks)."""
+        tasks, names = list(rows.tasks), list(rows.names)
+        embedded = embedded_features(names, ctx, ds)
         # with the exposure head the tasks are conditional on being shown: they learn from the shown rows only
         task_rows = rows.shown if cfg.exposure else np.ones(len(rows), dtype=bool)
 
@@ -954,7 +973,7 @@ class RankStage:
         self.exposure_index = exposure_index
         self.fit_history = history
         metrics = {
-            "users": int(len(all_users)), "requests": int(G), "cut_points": len(cuts), "rows": int(len(rows)),
+            "users": int(len(all_users)), "requests": int(G), "cut_points": cut_points, "rows": int(len(rows)),
             "train_rows": int(len(tr_rows)),
             "train_rows_before_downsampling": int((~is_valid).sum()), "valid_users": int(len(va_groups)),
             "downsample_w": w, "tasks": tasks_k, "skipped_tasks": self.skipped,
@@ -1174,4 +1193,4 @@ def reliability_tables(reports: dict[str, dict]) -> dict[str, dict[str, np.ndarr
 __all__ = ["ANY_TASK", "SOURCE_DEPENDENT", "Examples", "InputEncoder", "RankConfig", "RankRows", "RankStage",
            "binary_labels", "build_net", "build_rank_rows", "default_features", "detect_esmm_parents",
            "embedded_features", "init_head_biases", "level_offsets", "recalibrate_multitask",
-           "reliability_tables", "request_user_ids", "resolve_tasks", "score_auc", "task_heads"]
+           "reliability_tables", "request_user_ids", "resolve_tasks", "row_spec", "score_auc", "task_heads"]
