@@ -153,6 +153,12 @@ def markdown(res: DriftResult, meta: dict, top: int = 25) -> str:
         "AUC 0.5: the windows' feature rows cannot be told apart; 1: perfectly. Features are ranked by their share "
         "of the classifier's split gain (mean over the fold models); univariate AUC > 0.5 means the feature is "
         "larger in the new window; KS is the largest gap between the two windows' CDFs (non-missing values).", "",
+        "Reading it: item and user statistics are recomputed as of each window's start (counts, CTR, age, "
+        "history length), so one item's or user's values differ between the windows even when the population's "
+        "distribution barely moves (small KS); together they let the trees recognise an (item, window) pair, and "
+        "a feature can carry a large gain share with a univariate AUC near 0.5. Ages and history lengths grow "
+        "with time by construction. Rerun with `--drop` on the features you expect to drift to see what else "
+        "separates the windows.", "",
         f"| # | feature | gain share | std | univariate AUC | KS | mean `{old}` | mean `{new}` | NaN `{old}` | "
         f"NaN `{new}` |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
