@@ -35,6 +35,7 @@ MODULES: tuple[str, ...] = (
     "compare",
     "frontier",
     "bias_variance",
+    "drift",
 )
 
 
@@ -42,14 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="experiments on the engine's stages (feature selection, seeds)")
     exp = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     fs = exp.add_parser("feature-selection", help="random-bar feature selection for the pre-ranker")
-    fs.add_argument("--data", required=True, type=Path, help="canonical dataset folder")
-    fs.add_argument("--out", required=True, type=Path, help="report folder to write")
-    fs.add_argument("--config", type=Path, help="engine config YAML (default: the bundle's, else built-in defaults)")
-    fs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set prerank.num_leaves=63 (repeatable)")
+    add_prerank_args(fs, "prerank.num_leaves=63")
     fs.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1) to train over (default 3)")
-    fs.add_argument("--bundle", type=Path, default=None,
-                    help="use this bundle's retrieval stage and catalogue instead of training one")
     fs.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
     fs.set_defaults(func=cmd_feature_selection)
     sd = exp.add_parser("seeds", help="train and evaluate N seeds of one config; differences paired over users "
@@ -66,6 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     sd.set_defaults(func=cmd_seeds)
     for name in MODULES:
         importlib.import_module(f"recsys.commands.{name}").register(exp)
+
+
+def add_prerank_args(p: argparse.ArgumentParser, example: str) -> None:
+    """The flags of an experiment on the pre-ranker's rows (:func:`prerank_inputs`): --data, --out, --config,
+    --set (``example``: an override shown in its help) and --bundle."""
+    p.add_argument("--data", required=True, type=Path, help="canonical dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="report folder to write")
+    p.add_argument("--config", type=Path, help="engine config YAML (default: the bundle's, else built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"config override, e.g. --set {example} (repeatable)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="use this bundle's retrieval stage and catalogue instead of training one")
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
@@ -107,21 +114,22 @@ def _section(cfg, name: str, default_factory):
     return value
 
 
-def cmd_feature_selection(args: argparse.Namespace) -> int:
-    from recsys.configlib import to_dict
+def prerank_inputs(args: argparse.Namespace, rows_window: str | None = None, what: str = "the rows' window",
+                   check=None):
+    """What an experiment on the pre-ranker's feature rows needs, shared by ``feature-selection`` and ``drift``:
+    the config (``--config``/``--set``, else the ``--bundle``'s), the dataset, its split and stage windows, and
+    the retrieval stage and catalogue that serve the rows: the ``--bundle``'s (refused unless its two-tower was
+    trained on windows strictly before ``rows_window``, default the pre-ranker's window), or one trained here on
+    the retrieval window. ``check(names, windows)``: the caller's own checks of the windows, run before any
+    training. Returns a namespace (cfg, pcfg, ds, split, windows, catalog, retrieval, trained_on)."""
+    from types import SimpleNamespace
+
     from recsys.data.schema import read_dataset
     from recsys.data.split import split_dataset
-    from recsys.experiments.feature_selection import candidate_stage, random_bar
-    from recsys.experiments.feature_selection import write_report
-    from recsys.features import FeatureContext
-    from recsys.io import OutputExistsError
-    from recsys.prerank.stage import PrerankConfig, build_ranking_data
+    from recsys.experiments.feature_selection import candidate_stage
+    from recsys.prerank.stage import PrerankConfig
     from recsys.training import stage_windows
 
-    if args.seeds < 1:
-        raise ValueError(f"--seeds: must be >= 1, got {args.seeds}")
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
     bundle = None
     if args.bundle is not None:
         from recsys.bundle import check_trained_on, load_bundle
@@ -134,11 +142,38 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
     ds = read_dataset(args.data)
     split = split_dataset(ds, cfg.split)
     windows = stage_windows(split)
-    retrieval, catalog, trained_on, _ = candidate_stage(ds, cfg, split, windows, windows["prerank"], bundle,
+    rows_window = rows_window or windows["prerank"]
+    names = split.names
+    if rows_window not in names:
+        raise ValueError(f"{what}: unknown window {rows_window!r}; split windows: {names}")
+    if names.index(rows_window) <= names.index(windows["retrieval"]):
+        raise ValueError(f"{what}: {rows_window!r} is not after the retrieval stage's training window "
+                         f"{windows['retrieval']!r}; choose one of {names[names.index(windows['retrieval']) + 1:]}")
+    if check is not None:
+        check(names, windows)
+    retrieval, catalog, trained_on, _ = candidate_stage(ds, cfg, split, windows, rows_window, bundle,
                                                         str(args.bundle))
+    return SimpleNamespace(cfg=cfg, pcfg=pcfg, ds=ds, split=split, windows=windows, catalog=catalog,
+                           retrieval=retrieval, trained_on=trained_on)
+
+
+def cmd_feature_selection(args: argparse.Namespace) -> int:
+    from recsys.configlib import to_dict
+    from recsys.experiments.feature_selection import random_bar, write_report
+    from recsys.features import FeatureContext
+    from recsys.io import OutputExistsError
+    from recsys.prerank.stage import build_ranking_data
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.out.exists() and not args.overwrite:  # before any work
+        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    inp = prerank_inputs(args)
+    cfg, pcfg, ds, split, windows, catalog = inp.cfg, inp.pcfg, inp.ds, inp.split, inp.windows, inp.catalog
+    trained_on = inp.trained_on
     from recsys.engine import Engine
 
-    upstream = Engine(retrieval, [], cfg.engine.retrieve_k, catalog=catalog)  # the pool the pre-ranker is served
+    upstream = Engine(inp.retrieval, [], cfg.engine.retrieve_k, catalog=catalog)  # the pool the pre-ranker is served
     ctx = FeatureContext.fit(ds, catalog, split[windows["retrieval"]], pcfg.graph, pcfg.feature_params)
     data = build_ranking_data(ds, catalog, upstream, ctx, split[windows["prerank"]],
                               split.before(windows["prerank"]), pcfg)

@@ -264,6 +264,7 @@ def build_ranking_data(
     names: list[str] | None = None,
     extra_users: np.ndarray | None = None,
     all_users: bool = False,
+    all_groups: bool = False,
 ) -> RankingData:
     """The query-grouped training rows of ``window_df`` (see the module docstring).
 
@@ -274,6 +275,8 @@ def build_ranking_data(
     ``upstream`` is the :class:`recsys.engine.Engine` that serves the stage (``candidates(requests)``);
     ``past_df`` the interactions before the window (engagements are taken from it). ``extra_users``: the
     external ids of the users that get impression negatives (default: all, when ``include_impressions``).
+    ``all_groups``: keep the queries without a positive among their candidates too (the table the stage is
+    served, not only the one it can learn from: :mod:`recsys.experiments.drift`).
     """
     label = ds.schema.positive_label
     ucol, icol, tcol = catalog.user_col, catalog.item_col, catalog.time_col
@@ -379,7 +382,7 @@ def build_ranking_data(
         "%d rows (%d impression negatives), %d features",
         len(group), int(has_pos.sum()), len(data.y), int(data.extra.sum()), len(names),
     )
-    return data if all_users else data.take_groups(np.flatnonzero(has_pos))
+    return data if all_users or all_groups else data.take_groups(np.flatnonzero(has_pos))
 
 
 # ------------------------------------------------------------------------------------------------------------
