@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 #: further experiments: modules ``recsys.commands.<name>``, each with ``register(experiments_subparsers)``
 #: that adds its ``recsys experiment <name>`` parser (one line here per experiment)
 MODULES: tuple[str, ...] = (
+    "ope",
 )
 
 
