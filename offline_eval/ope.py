@@ -149,12 +149,35 @@ def dr(logged, click, propensity, target, q_target: np.ndarray, q_logged: np.nda
     return _normal("dr", qt + w * (click[keep, 0] - ql), alpha, int((w > 0).sum()), _ess(w))
 
 
-def _per_position(name, terms: np.ndarray, shown_k: np.ndarray, w: np.ndarray, alpha: float) -> Estimate:
+def _session_terms(terms: np.ndarray, shown_k: np.ndarray) -> np.ndarray:
+    """(S,) ``z_s = sum_k (S / n_k) 1[s logs k] terms_sk``: the list estimate is their mean."""
     s = terms.shape[0]
     n_k = shown_k.sum(axis=0)  # (K,)
     scale = np.divide(s, n_k, out=np.zeros(len(n_k)), where=n_k > 0)
-    z = (np.where(shown_k, terms, 0.0) * scale).sum(axis=1)
-    return _normal(name, z, alpha, int((w > 0).sum()), _ess(w[shown_k]))
+    return (np.where(shown_k, terms, 0.0) * scale).sum(axis=1)
+
+
+def _per_position(name, terms: np.ndarray, shown_k: np.ndarray, w: np.ndarray, alpha: float) -> Estimate:
+    return _normal(name, _session_terms(terms, shown_k), alpha, int((w > 0).sum()), _ess(w[shown_k]))
+
+
+def item_position_terms(logged, click, propensity, target) -> np.ndarray:
+    """(S,) the per-session terms whose mean is :func:`item_position_ips` (for paired differences)."""
+    logged, click, propensity, target, shown = _check(logged, click, propensity, target)
+    k = target.shape[1]
+    w = _weights(logged, propensity, target, shown)
+    return _session_terms(w * click[:, :k], shown[:, :k])
+
+
+def paired_difference(z_a: np.ndarray, z_b: np.ndarray, alpha: float = 0.05) -> dict:
+    """V_a - V_b of two policies estimated on the same sessions from their (S,) per-session terms, with the
+    normal interval of the paired difference (the two estimates share the sessions, so their errors are
+    correlated: the paired interval is the right one, not two separate intervals)."""
+    d = np.asarray(z_a, np.float64) - np.asarray(z_b, np.float64)
+    v = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    h = norm.ppf(1 - alpha / 2) * se
+    return {"difference": v, "ci_low": v - h, "ci_high": v + h, "se": se, "n": int(len(d))}
 
 
 def item_position_ips(logged, click, propensity, target, alpha: float = 0.05) -> Estimate:
@@ -257,4 +280,4 @@ def estimate_all(logged, click, propensity, target, n_items: int, alpha: float =
 
 
 __all__ = ["ESTIMATORS", "Estimate", "RewardModel", "cross_fitted_q", "dr", "estimate_all", "fit_reward_model",
-           "ips", "item_position_dr", "item_position_ips", "snips"]
+           "ips", "item_position_dr", "item_position_ips", "item_position_terms", "paired_difference", "snips"]

@@ -21,7 +21,7 @@ def _world(seed=0):
     return gamma, p, target
 
 
-def _draw(gamma, p, target, s, rng):
+def _draw(gamma, p, target, s, rng, with_context=False):
     """One log of s sessions: each position an independent draw from the context's p (exact propensities)."""
     ctx = rng.integers(0, 2, s)
     cum = np.cumsum(p, axis=1)
@@ -29,7 +29,7 @@ def _draw(gamma, p, target, s, rng):
     logged = np.minimum((u[:, :, None] > cum[ctx][:, None, :]).sum(axis=2), A - 1)
     prop = p[ctx[:, None], logged]
     click = (rng.random((s, L)) < gamma[logged] * THETA).astype(float)
-    return logged, click, prop, target[ctx]
+    return (logged, click, prop, target[ctx]) + ((ctx,) if with_context else ())
 
 
 def _truth(gamma, target):
@@ -52,6 +52,23 @@ def test_estimators_cover_the_truth_at_their_nominal_rate():
         assert 0.90 <= rate <= 0.985, (e, rate)  # nominal 0.95; binomial sd over 300 draws is 0.013
         bias = np.mean(errors[e])
         assert abs(bias) < 3 * np.std(errors[e]) / np.sqrt(reps), (e, bias)  # unbiased (SNIPS: to O(1/n))
+
+
+def test_paired_difference_covers_the_true_difference():
+    """Two policies on the same logs: the paired interval of V_a - V_b covers the true difference at about 95%."""
+    gamma, p, target = _world()
+    other = target[:, ::-1].copy()  # the same items in reverse order: another value (position effect)
+    true_diff = _truth(gamma, target)["list"] - _truth(gamma, other)["list"]
+    assert abs(true_diff) > 0.01  # a real difference to cover
+    rng = np.random.default_rng(3)
+    hits, reps = 0, 300
+    for _ in range(reps):
+        logged, click, prop, tgt, ctx = _draw(gamma, p, target, 3000, rng, with_context=True)
+        za = ope.item_position_terms(logged, click, prop, tgt)
+        zb = ope.item_position_terms(logged, click, prop, other[ctx])
+        d = ope.paired_difference(za, zb)
+        hits += d["ci_low"] <= true_diff <= d["ci_high"]
+    assert 0.90 <= hits / reps <= 0.985, hits / reps
 
 
 def test_wrong_propensities_are_caught():
@@ -155,6 +172,9 @@ def test_ope_recovers_the_true_value_of_three_policies(tiny):
         r = p["estimates"]["ip_ips"]
         assert r["ci_high"] - r["ci_low"] < 0.5 * r["truth"], (name, r)  # informative: the test can fail
     assert len({round(t, 3) for t in truths.values()}) == 3  # three different values to recover
+    assert len(res["differences"]) == 3
+    for d in res["differences"]:
+        assert abs(d["difference"] - d["truth"]) <= 2.576 * d["se"], d
     again = O.run_ope(log, rankings, oracle=oracle, arrays=arrays)
     assert again == res  # deterministic
 

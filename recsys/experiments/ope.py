@@ -35,7 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from offline_eval.ope import ESTIMATORS, TARGETS, Estimate, estimate_all
+from offline_eval.ope import ESTIMATORS, TARGETS, Estimate, estimate_all, item_position_terms, paired_difference
 from recsys.data.bandit_log import BanditLog
 from recsys.io import atomic_output_dir, write_json
 
@@ -190,9 +190,8 @@ def oracle_truth(oracle, arrays: SessionArrays, ranking: np.ndarray) -> np.ndarr
     return out
 
 
-def estimate_policy(arrays: SessionArrays, ranking: np.ndarray, ranked_list: bool = True,
-                    seed: int = 0) -> dict[str, Estimate]:
-    """Every estimator for one policy: ``ranking`` (C, k) per context or (k,) the same list for every session."""
+def _encode(arrays: SessionArrays, ranking: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(logged (S, L) codes, target (S, k) codes, number of codes) of the log and one policy's ranking."""
     s, l = arrays.items.shape
     target = ranking[arrays.context_of] if ranking.ndim == 2 else np.broadcast_to(ranking, (s, len(ranking)))
     target = target[:, :l]
@@ -203,8 +202,26 @@ def estimate_policy(arrays: SessionArrays, ranking: np.ndarray, ranked_list: boo
     tcodes = np.full(target.shape, -1, np.int64)
     has = np.array([x is not None for x in target.ravel()]).reshape(target.shape)
     tcodes[has] = vocab.get_indexer(target[has])
-    return estimate_all(logged, arrays.click, arrays.propensity, tcodes, len(vocab), seed=seed,
-                        ranked_list=ranked_list)
+    return logged, tcodes, len(vocab)
+
+
+def estimate_policy(arrays: SessionArrays, ranking: np.ndarray, ranked_list: bool = True,
+                    seed: int = 0) -> dict[str, Estimate]:
+    """Every estimator for one policy: ``ranking`` (C, k) per context or (k,) the same list for every session."""
+    logged, target, n = _encode(arrays, ranking)
+    return estimate_all(logged, arrays.click, arrays.propensity, target, n, seed=seed, ranked_list=ranked_list)
+
+
+def differences(arrays: SessionArrays, rankings: Mapping[str, np.ndarray]) -> list[dict]:
+    """Paired item-position IPS differences ``V_a - V_b`` with 95% intervals for every pair of policies (in the
+    order given), on the same sessions."""
+    z = {}
+    for name, ranking in rankings.items():
+        logged, target, _ = _encode(arrays, ranking)
+        z[name] = item_position_terms(logged, arrays.click, arrays.propensity, target)
+    names = list(z)
+    return [{"a": a, "b": b, "estimator": "ip_ips", **paired_difference(z[a], z[b])}
+            for i, a in enumerate(names) for b in names[i + 1:]]
 
 
 def run_ope(log: BanditLog, rankings: Mapping[str, np.ndarray], oracle=None, arrays: SessionArrays | None = None,
@@ -231,8 +248,13 @@ def run_ope(log: BanditLog, rankings: Mapping[str, np.ndarray], oracle=None, arr
                 row["error"] = v.value - truth[TARGETS[e]]
             rows[e] = row
         policies[name] = {"estimates": rows, "truth": truth}
+    diffs = differences(arrays, rankings) if ranked_list else []
+    for d in diffs:
+        if oracle is not None:
+            d["truth"] = policies[d["a"]]["truth"]["list"] - policies[d["b"]]["truth"]["list"]
+            d["covered"] = bool(d["ci_low"] <= d["truth"] <= d["ci_high"])
     s = len(arrays.session_ids)
-    return {"policies": policies,
+    return {"policies": policies, "differences": diffs,
             "log": {"sessions": s, "rows": int(arrays.shown.sum()), "slate_size": log.slate_size,
                     "contexts": int(len(arrays.contexts)), "ctr": float(arrays.click[arrays.shown].mean()),
                     **{k: log.meta.get(k) for k in ("name", "propensity", "policy", "source", "window")}},
@@ -279,6 +301,20 @@ def format_report(res: dict) -> str:
                     row += f" {_fmt(r.get('truth'))} | {_fmt(r.get('error'), 4)} | {'yes' if r.get('covered') else 'no'} |"
                 lines.append(row)
         lines.append("")
+    if res.get("differences"):
+        lines += ["## Paired differences (item-position IPS, expected clicks on the list)", "",
+                  "Both policies are estimated on the same sessions, so the interval of the difference is the paired "
+                  "one (normal over sessions of the difference of their per-session terms).", ""]
+        head, sep = "| a | b | a - b | 95% CI |", "|---|---|---:|---|"
+        if has_truth:
+            head, sep = head + " truth | CI covers truth |", sep + "---:|---|"
+        lines += [head, sep]
+        for d in res["differences"]:
+            row = f"| {d['a']} | {d['b']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |"
+            if has_truth:
+                row += f" {d['truth']:+.4f} | {'yes' if d['covered'] else 'no'} |"
+            lines.append(row)
+        lines.append("")
     if res.get("ranking"):
         lines += ["## Which policy is better", "", res["ranking"], ""]
     lines += ["![Estimates with 95% intervals; the truth as a black mark](estimates.png)", ""]
@@ -299,7 +335,15 @@ def compare_text(res: dict, a: str, b: str, estimator: str = "ip_ips") -> str | 
     sep = p[hi]["estimates"][estimator]["ci_low"] > p[lo]["estimates"][estimator]["ci_high"]
     text = (f"By {ESTIMATOR_NAMES[estimator]}, {hi} has the higher estimated value "
             f"({_fmt(p[hi]['estimates'][estimator]['value'])} against {_fmt(p[lo]['estimates'][estimator]['value'])}"
-            f"; the 95% intervals {'do not overlap' if sep else 'overlap'}).")
+            f"; the 95% intervals {'do not overlap' if sep else 'overlap'}")
+    pair = [d for d in res.get("differences", []) if {d["a"], d["b"]} == {hi, lo} and d["estimator"] == estimator]
+    if pair:
+        d = pair[0]
+        sign = 1 if d["a"] == hi else -1
+        lo_d, hi_d = sorted((sign * d["ci_low"], sign * d["ci_high"]))
+        text += (f"; paired difference {hi} - {lo} {sign * d['difference']:+.4f}, 95% CI [{lo_d:+.4f}, {hi_d:+.4f}]"
+                 f"{', excludes 0' if lo_d > 0 else ', includes 0'}")
+    text += ")."
     if p[a]["truth"] is not None:
         parts = [f"{n}: estimate {_fmt(p[n]['estimates'][estimator]['value'])}, truth "
                  f"{_fmt(p[n]['estimates'][estimator]['truth'])} (error "
