@@ -1,4 +1,5 @@
-"""``recsys data``: synth, import, stats, split."""
+"""``recsys data``: synth, import, stats, split, explore (an exploration log with propensities on a synthetic
+world), import-obd (the Open Bandit Dataset's CSV as a bandit log)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_split)
 
+    p = dsub.add_parser("explore", help="simulate an exploration log with exact propensities on a synthetic world "
+                                        "(recsys.data.exploration), for recsys experiment ope")
+    p.add_argument("--data", required=True, type=Path, help="synthetic dataset folder (with truth/)")
+    p.add_argument("--out", required=True, type=Path, help="bandit-log folder to write")
+    p.add_argument("--bundle", type=Path, help="take the split from this bundle's config (default: --config)")
+    p.add_argument("--config", type=Path, help="engine config YAML whose split section defines the window")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set split.method=temporal (repeatable)")
+    p.add_argument("--window", default="test", help="the split window whose users and times the sessions take")
+    p.add_argument("--sessions", type=int, default=100_000, help="sessions to simulate (default 100000)")
+    p.add_argument("--slate-size", type=int, default=10, help="positions per session (default 10)")
+    p.add_argument("--temperature", type=float, default=0.25, help="softmax temperature (default 0.25)")
+    p.add_argument("--epsilon", type=float, default=0.2, help="uniform share of the logging policy (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_explore)
+
+    p = dsub.add_parser("import-obd", help="import an Open Bandit Dataset CSV (e.g. random/all/all.csv) as a "
+                                           "bandit log (recsys.data.obd)")
+    p.add_argument("--csv", required=True, type=Path, help="the Open Bandit CSV, e.g. open_bandit_dataset/random/all/all.csv")
+    p.add_argument("--item-context", type=Path, default=None,
+                   help="its item_context.csv (default: the one beside the CSV, when present)")
+    p.add_argument("--out", required=True, type=Path, help="bandit-log folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_import_obd)
+
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from recsys.data.synthetic import synthesize
@@ -102,6 +129,59 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_split(split, args.out, overwrite=args.overwrite)
     print(format_split(split.stats()))
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    import time
+
+    from recsys.data.bandit_log import write_bandit_log
+    from recsys.data.exploration import ExploreConfig, explore, explore_meta, window_contexts
+    from recsys.data.schema import read_dataset
+    from recsys.data.split import split_dataset
+    from recsys.data.synthetic import Oracle
+    from recsys.io import OutputExistsError
+
+    if args.out.exists() and not args.overwrite:  # before any work
+        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    ecfg = ExploreConfig(sessions=args.sessions, slate_size=args.slate_size, temperature=args.temperature,
+                         epsilon=args.epsilon, seed=args.seed)
+    if args.bundle is not None:
+        from recsys.bundle import load_bundle
+        from recsys.config import Config
+
+        cfg = from_dict(Config, apply_overrides(load_bundle(args.bundle).manifest["config"], args.overrides))
+    else:
+        cfg = load_config(args.config, args.overrides)
+    ds = read_dataset(args.data)
+    if ds.truth_dir is None:
+        raise ValueError(f"{args.data}: no truth/ folder; recsys data explore needs a synthetic world's oracle")
+    t0 = time.perf_counter()
+    split = split_dataset(ds, cfg.split)
+    if args.window not in split.names:
+        raise ValueError(f"--window: {args.window!r} is not a window of the split; windows: {split.names}")
+    oracle = Oracle.load(ds.truth_dir)
+    contexts = window_contexts(split[args.window])
+    table = explore(oracle, contexts, ecfg)
+    log = write_bandit_log(table, explore_meta(ecfg, oracle, args.window, len(contexts)), args.out,
+                           overwrite=args.overwrite)
+    print(f"{args.out}: {log.n_sessions:,} sessions x {ecfg.slate_size} positions on {len(contexts):,} contexts "
+          f"(users of window {args.window!r}), CTR {table['click'].mean():.4f}, propensity min "
+          f"{table['propensity'].min():.3g} median {table['propensity'].median():.3g}; "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_import_obd(args: argparse.Namespace) -> int:
+    from recsys.data.obd import import_obd
+
+    item_context = args.item_context
+    if item_context is None and (args.csv.parent / "item_context.csv").is_file():
+        item_context = args.csv.parent / "item_context.csv"
+    log = import_obd(args.csv, args.out, item_context, overwrite=args.overwrite)
+    t = log.table
+    print(f"{args.out}: {len(t):,} impressions ({log.n_sessions:,} sessions), slate size {log.slate_size}, "
+          f"{log.meta['n_items']} items, CTR {t['click'].mean():.4f}")
     return 0
 
 

@@ -36,6 +36,7 @@ MODULES: tuple[str, ...] = (
     "frontier",
     "bias_variance",
     "drift",
+    "ope",
 )
 
 

@@ -10,9 +10,9 @@ Layout::
 
     session_id   int64     one request / slate; its rows are its positions
     timestamp    int64     Unix seconds of the request (the same on every row of a session)
-    user_id      int64 | string | null   the user, in the dataset's ids (null: anonymous, e.g. Open Bandit)
+    user_id      Int64 | string (nullable)  the user, in the dataset's ids (null: anonymous, e.g. Open Bandit)
     position     int64     0-based slot in the slate, unique within a session, in [0, slate_size)
-    item_id      int64 | string          the shown item, in the dataset's ids
+    item_id      int64 | string          the shown item, in the dataset's ids (never null)
     click        int64     1 clicked, 0 not
     propensity   float64   P(the logging policy shows this item at this position | the request), in (0, 1]
     (optional) hour int64 0-23, device string: context columns, passed through
@@ -21,6 +21,10 @@ Layout::
 log.yaml): what the position-based (item-position IPS) estimator needs, and for position 0 the top slot's
 action propensity that IPS, SNIPS and DR need. A log whose propensities are only valid for position 0 says
 ``propensity: top_slot`` and only the top-slot estimators accept it.
+
+Id dtypes: ``user_id`` is held as pandas' nullable ``Int64`` (integer ids, or none at all) or ``string``, never
+float (a null would otherwise turn integer ids into floats); ``item_id`` as ``int64`` or ``string``. Both are
+normalized on write and on read (integral floats become integers; anything else is an error).
 
 Every reader check raises :class:`BanditLogError` naming the file and column (and the first bad row).
 """
@@ -76,11 +80,34 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _ids(col: pd.Series, name: str, where: str, nullable: bool) -> pd.Series:
+    """``col`` as Int64 (nullable) / int64 or string (see the module docstring)."""
+    null = col.isna().to_numpy()
+    if null.any() and not nullable:
+        raise BanditLogError(f"{where}: column {name!r}: null at row {_first_bad(null)}")
+    if pd.api.types.is_integer_dtype(col) or null.all():
+        return col.astype("Int64" if nullable else "int64")
+    if pd.api.types.is_float_dtype(col):
+        v = col.to_numpy()[~null]
+        if (v != np.round(v)).any():
+            raise BanditLogError(f"{where}: column {name!r}: expected integer or string ids, got {v[v != np.round(v)][0]}")
+        return col.astype("Int64" if nullable else "int64")
+    if pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
+        vals = col[~null]
+        if len(vals) and all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in vals):
+            return col.astype("Int64" if nullable else "int64")
+        return col.astype("string")
+    raise BanditLogError(f"{where}: column {name!r}: expected integer or string ids, got {col.dtype}")
+
+
 def validate_log(table: pd.DataFrame, meta: dict[str, Any], where: str = LOG_PARQUET) -> pd.DataFrame:
-    """Check ``table`` against the format (see the module docstring); returns it sorted by session, position."""
+    """Check ``table`` against the format (see the module docstring); returns it sorted by session, position,
+    with the id columns in their dtypes."""
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise BanditLogError(f"{where}: missing column(s) {missing}; expected {list(COLUMNS)}")
+    table = table.assign(user_id=_ids(table["user_id"], "user_id", where, nullable=True),
+                         item_id=_ids(table["item_id"], "item_id", where, nullable=False))
     slate = meta.get("slate_size")
     if not isinstance(slate, int) or slate < 1:
         raise BanditLogError(f"{LOG_YAML}: slate_size: expected an integer >= 1, got {slate!r}")
@@ -90,8 +117,6 @@ def validate_log(table: pd.DataFrame, meta: dict[str, Any], where: str = LOG_PAR
     for c in ("session_id", "timestamp", "position", "click"):
         if not pd.api.types.is_integer_dtype(table[c]):
             raise BanditLogError(f"{where}: column {c!r}: expected integers, got {table[c].dtype}")
-    if table["item_id"].isna().any():
-        raise BanditLogError(f"{where}: column 'item_id': null at row {_first_bad(table['item_id'].isna().to_numpy())}")
     click = table["click"].to_numpy()
     if ((click != 0) & (click != 1)).any():
         raise BanditLogError(f"{where}: column 'click': expected 0 or 1, row {_first_bad((click != 0) & (click != 1))}")
