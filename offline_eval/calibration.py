@@ -17,6 +17,7 @@ import numpy as np
 from scipy.stats import rankdata  # noqa: F401
 
 from recsys.probability import _check, _check_w, auc, downsample_negatives, logloss, recalibrate  # noqa: F401
+from recsys.io import file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def reliability_diagram(tables: Mapping[str, Bins], path: str | Path, title: str
         os.close(fd)
         try:
             fig.savefig(tmp, format="png")
+            os.chmod(tmp, file_mode())  # mkstemp makes 0600; the figure is as readable as its report
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -39,6 +39,12 @@ def _umask() -> int:
     return mask
 
 
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file under the current umask (``0o666 & ~umask``):
+    for files made with ``tempfile.mkstemp`` (always 0600) before they are renamed into place."""
+    return 0o666 & ~_umask()
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import os
+
 import numpy as np
 import pytest
 
@@ -183,5 +185,8 @@ def test_reliability_diagram_writes_png(tmp_path):
     out = C.reliability_diagram(tables, tmp_path / "sub" / "rel.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # as readable as the rest of the report, not mkstemp's 0600
     with pytest.raises(ValueError, match="lacks"):
         C.reliability_diagram({"x": {"count": [1]}}, tmp_path / "bad.png")

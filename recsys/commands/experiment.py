@@ -5,6 +5,9 @@
     recsys experiment seeds --data DIR --out DIR [--config FILE] [--set KEY=VALUE ...] [--seeds 3]
                             [--baselines a,b] [--overwrite]
 
+Further experiments register from their own modules (:data:`MODULES`): ``compare``, ``frontier``,
+``bias-variance``, ``drift`` and ``ope`` (``recsys experiment NAME --help``; README "Ranking experiments").
+
 ``seeds`` trains and evaluates N replicates of one config and reports each system's mean and spread across
 seeds and its difference to the engine paired over users and seeds (:mod:`recsys.experiments.seeds`): its
 folder holds ``results.json``, ``report.md``, ``seeds.png``, ``paired.png`` and ``report.html``.
@@ -41,7 +44,7 @@ MODULES: tuple[str, ...] = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiment", help="experiments on the engine's stages (feature selection, seeds)")
+    p = sub.add_parser("experiment", help="experiments: seeds, compare, ope, drift, bias-variance, frontier, feature-selection")
     exp = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     fs = exp.add_parser("feature-selection", help="random-bar feature selection for the pre-ranker")
     add_prerank_args(fs, "prerank.num_leaves=63")
