@@ -77,10 +77,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
         rankings["policy_file"] = O.read_policy_file(args.policy_file, log.slate_size, log.table["item_id"].dtype)
         description["policy_file"] = {"path": str(args.policy_file), "items": rankings["policy_file"].tolist()}
     if args.bundle is not None:
-        rankings.update(_bundle_rankings(args, log, arrays))
-        from recsys.data.schema import read_dataset
-
-        ds = read_dataset(args.data)
+        ranked, ds = _bundle_rankings(args, log, arrays)
+        rankings.update(ranked)
         if ds.truth_dir is not None:
             from recsys.data.synthetic import Oracle
 
@@ -96,7 +94,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bundle_rankings(args, log, arrays) -> dict:
+def _bundle_rankings(args, log, arrays):
+    """({policy: (C, L) item ids} of the bundle's systems and the baselines named in --systems, the dataset)."""
     from offline_eval.baselines import BASELINES
     from recsys.bundle import check_trained_on, load_bundle
     from recsys.config import Config, from_dict
@@ -121,4 +120,4 @@ def _bundle_rankings(args, log, arrays) -> dict:
     systems = load_systems(args.bundle, [n for n in names if n in have])
     baselines = [n for n in names if n in BASELINES and n not in have]
     ranked = system_rankings(arrays, ds, cfg, systems, baselines, window, log.slate_size)
-    return {n: ranked[n] for n in names}
+    return {n: ranked[n] for n in names}, ds

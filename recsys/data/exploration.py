@@ -7,7 +7,8 @@ the world's dataset untouched. Shapes: U contexts, N items, S sessions, L slate 
 
 **Contexts.** One per user active in the given window (the split's test window): the user, time, hour and
 device of the user's first event there, i.e. exactly the request the offline evaluator builds for that user
-(:class:`offline_eval.evaluator.EvalData`), so a target policy ranks each context as in evaluation. Session
+(:class:`offline_eval.evaluator.EvalData`, which keeps only the users with an engagement in the window; here
+every user of the window is a context), so a target policy ranks each context as in evaluation. Session
 ``s`` (of S) gets context ``perm[s mod U]`` (a seeded permutation): every context gets ``S / U`` sessions up to
 one.
 
