@@ -41,23 +41,16 @@ def register(exp: argparse._SubParsersAction) -> None:
 
 
 def cmd_bias_variance(args: argparse.Namespace) -> int:
-    from recsys.commands.experiment import _load_config
+    from recsys.commands.experiment import bundle_and_config
     from recsys.data.schema import read_dataset
     from recsys.experiments.bias_variance import BiasVarianceConfig, run_bias_variance
-    from recsys.io import OutputExistsError
 
     bv = BiasVarianceConfig(tuple(s.strip() for s in args.stage.split(",") if s.strip()), args.resamples,
                             args.seed, args.model_seed, args.task, args.max_test_users)
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
-    bundle = None
-    if args.bundle is not None:
-        from recsys.bundle import check_trained_on, load_bundle
+    from offline_eval.report import check_output
 
-        bundle = load_bundle(args.bundle)
-    cfg = _load_config(args, bundle)
-    if bundle is not None:
-        check_trained_on(bundle, cfg.split, args.data)
+    check_output(args.out, args.overwrite)  # before any work
+    bundle, cfg = bundle_and_config(args)
     res = run_bias_variance(read_dataset(args.data), cfg, bv, args.out, bundle, str(args.bundle or ""),
                             overwrite=args.overwrite)
     keys = ("mse", "bias2", "variance", "noise_expected", "noise_realised", "cross", "mse_of_mean")

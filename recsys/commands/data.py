@@ -140,10 +140,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from recsys.data.schema import read_dataset
     from recsys.data.split import split_dataset
     from recsys.data.synthetic import Oracle
-    from recsys.io import OutputExistsError
 
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    from offline_eval.report import check_output
+
+    check_output(args.out, args.overwrite)  # before any work
     ecfg = ExploreConfig(sessions=args.sessions, slate_size=args.slate_size, temperature=args.temperature,
                          epsilon=args.epsilon, seed=args.seed)
     if args.bundle is not None:

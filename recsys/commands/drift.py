@@ -50,11 +50,11 @@ def register(exp: argparse._SubParsersAction) -> None:
 def cmd_drift(args: argparse.Namespace) -> int:
     from offline_eval.drift import DriftConfig, adversarial_validation
     from recsys.commands.experiment import prerank_inputs
-    from recsys.io import OutputExistsError
     from recsys.experiments.drift import drift_table, verdict, write_report
 
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    from offline_eval.report import check_output
+
+    check_output(args.out, args.overwrite)  # before any work
     for flag, value in (("--max-users", args.max_users), ("--rows-per-request", args.rows_per_request)):
         if value < 0:
             raise ValueError(f"{flag}: must be >= 0 (0: all), got {value}")

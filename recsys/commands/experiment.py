@@ -83,10 +83,10 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     from recsys.config import load_config
     from recsys.data.schema import read_dataset
     from recsys.experiments.seeds import format_report, run_seeds
-    from recsys.io import OutputExistsError
 
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    from offline_eval.report import check_output
+
+    check_output(args.out, args.overwrite)  # before any work
     cfg = load_config(args.config, args.overrides)
     baselines = None
     if args.baselines is not None:
@@ -107,6 +107,22 @@ def _load_config(args: argparse.Namespace, bundle):
         except ConfigError as exc:
             raise ConfigError(f"{args.bundle}: manifest config: {exc}") from None
     return load_config(args.config, args.overrides)
+
+
+def bundle_and_config(args: argparse.Namespace):
+    """(``--bundle`` loaded or None, the config: ``--config``/``--set``, else the bundle's own), with a bundle
+    refused when the config's split or ``--data`` differs from what it was trained on."""
+    bundle = None
+    if args.bundle is not None:
+        from recsys.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle)
+    cfg = _load_config(args, bundle)
+    if bundle is not None:
+        from recsys.bundle import check_trained_on
+
+        check_trained_on(bundle, cfg.split, args.data)
+    return bundle, cfg
 
 
 def _section(cfg, name: str, default_factory):
@@ -134,14 +150,7 @@ def prerank_inputs(args: argparse.Namespace, rows_window: str | None = None, wha
     from recsys.prerank.stage import PrerankConfig
     from recsys.training import stage_windows
 
-    bundle = None
-    if args.bundle is not None:
-        from recsys.bundle import check_trained_on, load_bundle
-
-        bundle = load_bundle(args.bundle)
-    cfg = _load_config(args, bundle)
-    if bundle is not None:
-        check_trained_on(bundle, cfg.split, args.data)
+    bundle, cfg = bundle_and_config(args)
     pcfg = _section(cfg, "prerank", PrerankConfig)
     ds = read_dataset(args.data)
     split = split_dataset(ds, cfg.split)
@@ -165,13 +174,13 @@ def cmd_feature_selection(args: argparse.Namespace) -> int:
     from recsys.configlib import to_dict
     from recsys.experiments.feature_selection import random_bar, write_report
     from recsys.features import FeatureContext
-    from recsys.io import OutputExistsError
     from recsys.prerank.stage import build_ranking_data
 
     if args.seeds < 1:
         raise ValueError(f"--seeds: must be >= 1, got {args.seeds}")
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    from offline_eval.report import check_output
+
+    check_output(args.out, args.overwrite)  # before any work
     inp = prerank_inputs(args)
     cfg, pcfg, ds, split, windows, catalog = inp.cfg, inp.pcfg, inp.ds, inp.split, inp.windows, inp.catalog
     trained_on = inp.trained_on

@@ -49,11 +49,11 @@ def register(exp: argparse._SubParsersAction) -> None:
 
 def cmd_frontier(args: argparse.Namespace) -> int:
     from recsys.experiments import frontier as F
-    from recsys.io import OutputExistsError
 
     t_start = time.perf_counter()
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    from offline_eval.report import check_output
+
+    check_output(args.out, args.overwrite)  # before any work
     rks = None if args.retrieve_k is None else F.parse_ints("--retrieve-k", args.retrieve_k)
     pks = None if args.prerank_k is None else F.parse_ints("--prerank-k", args.prerank_k)
     widths = None if args.search_width is None else F.parse_widths("--search-width", args.search_width)

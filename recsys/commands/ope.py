@@ -47,10 +47,10 @@ def cmd_ope(args: argparse.Namespace) -> int:
 
     from recsys.data.bandit_log import read_bandit_log
     from recsys.experiments import ope as O
-    from recsys.io import OutputExistsError
 
-    if args.out.exists() and not args.overwrite:  # before any work
-        raise OutputExistsError(f"{args.out}: output folder exists; pass --overwrite to replace it")
+    from offline_eval.report import check_output
+
+    check_output(args.out, args.overwrite)  # before any work
     if args.bundle is None and args.policy is None and args.policy_file is None:
         raise ValueError("recsys experiment ope: nothing to evaluate; give --bundle/--data, --policy or --policy-file")
     if (args.bundle is None) != (args.data is None):
